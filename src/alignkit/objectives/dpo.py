@@ -1,0 +1,60 @@
+"""Direct Preference Optimization (Rafailov et al., 2023, arXiv 2305.18290), sigmoid form."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from alignkit.objectives.registry import Objective, register
+
+
+def preference_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-pair implicit-reward metrics shared by the pairwise objectives (detached)."""
+    chosen_rewards, rejected_rewards = chosen_rewards.detach(), rejected_rewards.detach()
+    return {
+        "rewards/chosen": chosen_rewards,
+        "rewards/rejected": rejected_rewards,
+        "rewards/margins": chosen_rewards - rejected_rewards,
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
+    }
+
+
+def dpo(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    *,
+    beta: float = 0.1,
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """DPO loss per pair, on summed completion log-probs.
+
+    With Δ = (log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l)) and ε = label_smoothing:
+
+        loss = −(1 − ε) · log σ(β Δ) − ε · log σ(−β Δ)
+
+    ε = 0 is the DPO paper's Eq. 7 (TRL 1.16 `loss_type="sigmoid"`, which ignores label_smoothing);
+    ε > 0 is conservative DPO (cDPO, Mitchell 2023) as in the authors' code
+    (eric-mitchell/direct-preference-optimization, trainers.py `preference_loss`). Implicit rewards are
+    β · (log π − log π_ref). At π = π_ref the loss is ln 2 for every ε.
+    """
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    chosen_rewards = beta * (policy_chosen_logps - ref_chosen_logps)
+    rejected_rewards = beta * (policy_rejected_logps - ref_rejected_logps)
+    logits = chosen_rewards - rejected_rewards
+    losses = -(1.0 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
+    return losses, preference_metrics(chosen_rewards, rejected_rewards)
+
+
+register(
+    Objective(
+        name="dpo",
+        fn=dpo,
+        description="Direct Preference Optimization: -log σ(β Δ) on summed log-probs; cDPO label smoothing",
+        source="Rafailov et al. 2023 (arXiv 2305.18290) Eq. 7; eric-mitchell/direct-preference-optimization trainers.py",
+        inputs=("policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps"),
+        defaults={"beta": 0.1, "label_smoothing": 0.0},
+    )
+)
