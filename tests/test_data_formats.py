@@ -1,0 +1,235 @@
+"""Loading preference data: every format gives the same examples; bad rows give precise DataErrors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import pytest
+from datasets import Dataset, DatasetDict
+
+from alignkit.data import DataError, PreferenceExample, load_preferences, load_records
+
+STANDARD = [
+    {"prompt": "The sky is", "chosen": " blue.", "rejected": " green.", "id": 1},
+    {"prompt": "2 + 2 =", "chosen": " 4", "rejected": " 5, ünïcode ✓", "id": 2},
+]
+CONVERSATIONAL = [
+    {
+        "prompt": [{"role": "user", "content": "What colour is the sky?"}],
+        "chosen": [{"role": "assistant", "content": "Blue."}],
+        "rejected": [{"role": "assistant", "content": "Green."}],
+    },
+    {
+        "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+        "chosen": [{"role": "assistant", "content": "Hello!"}],
+        "rejected": [{"role": "assistant", "content": "Go away."}],
+    },
+]
+IMPLICIT_STANDARD = [
+    {"chosen": "Q: sky colour? A: blue", "rejected": "Q: sky colour? A: green"},
+    {"chosen": "Translate 'chat': cat", "rejected": "Translate 'chat': dog"},
+    {"chosen": "Sum 1 1 2", "rejected": "Sum 1 1 3"},
+]
+IMPLICIT_CONVERSATIONAL = [
+    {
+        "chosen": [{"role": "user", "content": "Sky?"}, {"role": "assistant", "content": "Blue."}],
+        "rejected": [{"role": "user", "content": "Sky?"}, {"role": "assistant", "content": "Green."}],
+    },
+    {
+        "chosen": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                   {"role": "user", "content": "c"}, {"role": "assistant", "content": "good"}],
+        "rejected": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                     {"role": "user", "content": "c"}, {"role": "assistant", "content": "bad"}],
+    },
+]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def write_all_formats(tmp_path, rows, csv_ok: bool) -> list:
+    """The same rows as every supported source."""
+    sources = [write_jsonl(tmp_path / "p.jsonl", rows), rows, Dataset.from_list(rows)]
+    (tmp_path / "p.json").write_text(json.dumps(rows), encoding="utf-8")
+    (tmp_path / "wrapped.json").write_text(json.dumps({"data": rows}), encoding="utf-8")
+    sources += [tmp_path / "p.json", tmp_path / "wrapped.json"]
+    Dataset.from_list(rows).to_parquet(str(tmp_path / "p.parquet"))
+    sources.append(tmp_path / "p.parquet")
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    DatasetDict({"train": Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "one_split"))
+    DatasetDict({"train": Dataset.from_list(rows), "test": Dataset.from_list(rows[:1])}).save_to_disk(
+        str(tmp_path / "two_splits"))
+    sources += [tmp_path / "saved", tmp_path / "one_split", f"{tmp_path / 'two_splits'}::train"]
+    if csv_ok:
+        with open(tmp_path / "p.csv", "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows([{key: str(value) for key, value in row.items()} for row in rows])
+        sources.append(tmp_path / "p.csv")
+    return sources
+
+
+def contents(examples: list[PreferenceExample]) -> list[tuple]:
+    return [(example.prompt, example.chosen, example.rejected) for example in examples]
+
+
+@pytest.mark.parametrize("rows,csv_ok", [(STANDARD, True), (CONVERSATIONAL, False),
+                                         (IMPLICIT_STANDARD, True), (IMPLICIT_CONVERSATIONAL, False)])
+def test_every_format_loads_the_same_examples(tmp_path, rows, csv_ok):
+    sources = write_all_formats(tmp_path, rows, csv_ok)
+    expected = contents(load_preferences(rows))
+    assert len(expected) == len(rows)
+    for source in sources:
+        assert contents(load_preferences(source)) == expected, source
+    if "prompt" in rows[0]:
+        assert expected == [(row["prompt"], row["chosen"], row["rejected"]) for row in rows]
+
+
+def test_where_names_file_and_line_or_row(tmp_path):
+    write_all_formats(tmp_path, STANDARD, csv_ok=True)
+    assert [e.where for e in load_preferences(tmp_path / "p.jsonl")] == ["p.jsonl, line 1", "p.jsonl, line 2"]
+    assert load_preferences(tmp_path / "p.parquet")[1].where == "p.parquet, row 2"
+    assert load_preferences(tmp_path / "p.csv")[1].where == "p.csv, line 3"
+    assert load_preferences(STANDARD)[0].where == "dataset, row 1"
+    assert load_preferences(f"{tmp_path / 'two_splits'}::test")[0].where == "two_splits::test, row 1"
+
+
+def test_conversational_flag():
+    assert not load_preferences(STANDARD)[0].conversational
+    assert load_preferences(CONVERSATIONAL)[0].conversational
+
+
+def test_jsonl_blank_lines_skipped_and_extra_fields_kept_in_records(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n" + json.dumps(STANDARD[0]) + "\n\n  \n" + json.dumps(STANDARD[1]) + "\n")
+    records = load_records(path)
+    assert [r.where for r in records] == ["p.jsonl, line 2", "p.jsonl, line 5"]
+    assert records[0].data["id"] == 1
+
+
+def test_csv_multiline_cell_reports_start_line(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text('prompt,chosen,rejected\n"two\nlines",a,b\nx,y,\n', encoding="utf-8")
+    with pytest.raises(DataError) as caught:
+        load_preferences(path)
+    assert str(caught.value) == "p.csv, line 4, field 'rejected': empty completion"
+
+
+@pytest.mark.parametrize("extract", ["standard", "conversational"])
+def test_implicit_extraction_matches_trl(extract):
+    from trl.data_utils import extract_prompt
+
+    rows = IMPLICIT_STANDARD if extract == "standard" else IMPLICIT_CONVERSATIONAL
+    ours = contents(load_preferences(rows))
+    theirs = [extract_prompt(row) for row in rows]
+    assert ours == [(t["prompt"], t["chosen"], t["rejected"]) for t in theirs]
+    if extract == "standard":  # the shared trailing space went to the completions
+        assert ours[0] == ("Q: sky colour? A:", " blue", " green")
+
+
+def test_datasetdict_with_several_splits_needs_a_split(tmp_path):
+    write_all_formats(tmp_path, STANDARD, csv_ok=False)
+    with pytest.raises(DataError, match=r"two_splits.*'test', 'train'.*::<split>"):
+        load_preferences(tmp_path / "two_splits")
+    with pytest.raises(DataError, match="no split 'dev'"):
+        load_preferences(f"{tmp_path / 'two_splits'}::dev")
+
+
+GOOD = {"prompt": "p", "chosen": "good", "rejected": "bad"}
+MESSAGES = [{"role": "assistant", "content": "x"}]
+BAD_ROWS = [
+    ({"prompt": "p", "rejected": "bad"}, "chosen", "missing"),
+    ({"prompt": "p", "chosen": 3, "rejected": "bad"}, "chosen", "expected a string or a list of messages"),
+    ({"prompt": "p", "chosen": "a", "rejected": [{"role": "assistant"}]}, "rejected", "message 1 has no 'content'"),
+    ({"prompt": "p", "chosen": "a", "rejected": MESSAGES}, "rejected", "must be all strings or all message lists"),
+    ({"prompt": MESSAGES, "chosen": "a", "rejected": "b"}, "prompt", "must be all strings or all message lists"),
+    ({"prompt": "p", "chosen": "   ", "rejected": "bad"}, "chosen", "empty completion"),
+    ({"prompt": "p", "chosen": "ok", "rejected": ""}, "rejected", "empty completion"),
+    ({"prompt": [{"role": "user", "content": "q"}], "chosen": [], "rejected": MESSAGES}, "chosen", "empty completion"),
+    ({"prompt": [{"role": "user", "content": "q"}], "chosen": MESSAGES,
+      "rejected": [{"role": "assistant", "content": " "}]}, "rejected", "empty completion"),
+    ({"chosen": "abc", "rejected": "xyz"}, "prompt", "share no leading text"),
+    ({"chosen": " abc", "rejected": " xyz"}, "prompt", "share no leading text"),
+    ({"chosen": "same start", "rejected": "same start and more"}, "chosen", "empty completion"),
+    ({"chosen": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+      "rejected": [{"role": "user", "content": "z"}, {"role": "assistant", "content": "b"}]},
+     "prompt", "share no leading messages"),
+    ({"chosen": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
+      "rejected": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "c"}]},
+     "chosen", "must go on with an assistant message"),
+]
+
+
+@pytest.mark.parametrize("bad,field,reason", BAD_ROWS)
+def test_bad_row_names_file_line_and_field(tmp_path, bad, field, reason):
+    path = write_jsonl(tmp_path / "prefs.jsonl", [GOOD, GOOD, bad, GOOD])
+    with pytest.raises(DataError) as caught:
+        load_preferences(path)
+    message = str(caught.value)
+    assert message.startswith(f"prefs.jsonl, line 3, field '{field}': "), message
+    assert reason in message
+    assert "\n" not in message
+
+
+def test_invalid_utf8_and_malformed_json_in_jsonl(tmp_path):
+    path = tmp_path / "prefs.jsonl"
+    lines = [json.dumps(GOOD).encode(), b'{"prompt": "p", "chosen": "\xff\xfe", "rejected": "b"}',
+             json.dumps(GOOD).encode(), b'{"prompt": "p", "chosen": ', json.dumps(GOOD).encode()]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(DataError) as caught:
+        load_preferences(path)
+    assert caught.value.problems[0].startswith("prefs.jsonl, line 2: invalid UTF-8")
+    assert caught.value.problems[1].startswith("prefs.jsonl, line 4: malformed JSON")
+    assert len(caught.value.problems) == 2
+
+
+def test_invalid_utf8_in_csv_names_the_line(tmp_path):
+    path = tmp_path / "prefs.csv"
+    path.write_bytes(b"prompt,chosen,rejected\np,a,b\np,\xc3\x28,b\n")
+    with pytest.raises(DataError, match=r"^prefs\.csv, line 3: invalid UTF-8"):
+        load_preferences(path)
+
+
+def test_invalid_utf8_in_json_names_the_line(tmp_path):
+    path = tmp_path / "prefs.json"
+    path.write_bytes(b'[\n{"prompt": "p", "chosen": "a", "rejected": "b"},\n{"prompt": "\xff"}\n]')
+    with pytest.raises(DataError, match=r"^prefs\.json, line 3: invalid UTF-8"):
+        load_preferences(path)
+
+
+def test_several_bad_rows_give_one_error_listing_all(tmp_path):
+    rows = [GOOD, {"prompt": "p", "rejected": "b"}, GOOD, {"prompt": "p", "chosen": "a", "rejected": 7}]
+    with pytest.raises(DataError) as caught:
+        load_preferences(write_jsonl(tmp_path / "prefs.jsonl", rows))
+    message = str(caught.value)
+    assert "prefs.jsonl, line 2, field 'chosen': missing" in message
+    assert "prefs.jsonl, line 4, field 'rejected': expected a string" in message
+    assert message.startswith("2 bad rows")
+
+
+def test_long_listing_is_capped(tmp_path):
+    rows = [{"prompt": "p", "chosen": "", "rejected": "b"}] * 25
+    with pytest.raises(DataError) as caught:
+        load_preferences(write_jsonl(tmp_path / "prefs.jsonl", rows))
+    message = str(caught.value)
+    assert "line 20, field 'chosen'" in message and "line 21," not in message
+    assert message.endswith("... and 5 more")
+    assert len(caught.value.problems) == 25
+
+
+def test_other_source_errors(tmp_path):
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(DataError, match="unsupported file type '.txt'"):
+        load_records(tmp_path / "x.txt")
+    with pytest.raises(DataError, match="no such file"):
+        load_records(tmp_path / "missing.jsonl")
+    (tmp_path / "list.jsonl").write_text('["a"]\n')
+    with pytest.raises(DataError, match=re.escape("list.jsonl, line 1: expected a JSON object, got list")):
+        load_records(tmp_path / "list.jsonl")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(DataError, match="no rows"):
+        load_preferences(tmp_path / "empty.jsonl")
