@@ -67,10 +67,25 @@ def completion_logps(
     return SequenceLogps(sum=sums, count=scored.sum(1).to(token_logps.dtype))
 
 
-def pair_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[SequenceLogps, SequenceLogps]:
-    """Chosen and rejected completions scored in one forward; the batch stacks chosen rows first."""
-    both = completion_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+class CompletionScorer(nn.Module):
+    """A causal LM whose forward returns `(summed completion log-probs, completion token counts)` per row.
+
+    Training wraps this module (not the bare LM) with accelerate, so distributed gradient sync sees the
+    forward that actually runs.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                completion_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = completion_logps(self.model, input_ids, attention_mask, completion_mask)
+        return scores.sum, scores.count
+
+
+def pair_logps(scorer: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[SequenceLogps, SequenceLogps]:
+    """Chosen and rejected completions scored in one forward of a `CompletionScorer` (chosen rows first)."""
+    sums, counts = scorer(batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
     half = batch["input_ids"].size(0) // 2
-    chosen = SequenceLogps(both.sum[:half], both.count[:half])
-    rejected = SequenceLogps(both.sum[half:], both.count[half:])
-    return chosen, rejected
+    return SequenceLogps(sums[:half], counts[:half]), SequenceLogps(sums[half:], counts[half:])

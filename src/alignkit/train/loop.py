@@ -1,0 +1,235 @@
+"""One training loop for every objective, on `accelerate`.
+
+Loss scaling: an optimizer step averages the per-example losses over *all* examples of the step (every
+micro-batch of the accumulation window, on every process). Each micro-batch back-propagates
+`sum(losses) · world_size / examples_in_step` (distributed data parallel averages over processes), so
+batch 4 × 1 step and batch 1 × 4 accumulation give the same gradient, ragged last batches included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+from transformers import get_scheduler
+
+from alignkit.data.builtin import resolve_source
+from alignkit.data import TokenizedPair, TruncationConfig, collate_pairs, load_preferences, tokenize_preferences
+from alignkit.models import load, save_model_atomically
+from alignkit.models.logprobs import CompletionScorer, SequenceLogps, pair_logps
+from alignkit.models.reference import weights_fingerprint
+from alignkit.objectives import Objective, get
+from alignkit.train.checkpoint import (
+    TrainingState,
+    checkpoint_dir,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from alignkit.train.config import ConfigError, TrainConfig, to_yaml
+from alignkit.train.metrics import MetricsLog
+from alignkit.train.plan import BatchPlan
+from alignkit.train.references import online_reference, precompute_reference
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    final_dir: Path
+    steps: int
+    metrics: dict[str, float]  # of the last step
+
+
+def objective_params(objective: Objective, overrides: dict) -> dict:
+    unknown = sorted(set(overrides) - set(objective.defaults))
+    if unknown:
+        raise ConfigError(f"objective.params: {objective.name} has no parameter(s) {unknown}; "
+                          f"it takes {sorted(objective.defaults)}")
+    return {**objective.defaults, **overrides}
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Preference losses compare log-probs across forwards; dropout noise would bias them."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+
+
+def apply_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    lora = config.model.lora
+    peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                             target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, peft_config)
+
+
+def load_pairs(config: TrainConfig, tokenizer) -> list[TokenizedPair]:
+    truncation = TruncationConfig(max_length=config.data.max_length, max_prompt_length=config.data.max_prompt_length,
+                                  overlong=config.data.overlong)
+    pairs, _ = tokenize_preferences(load_preferences(resolve_source(config.data.train)), tokenizer, truncation)
+    if not pairs:
+        raise ConfigError(f"data.train: no usable pairs in {config.data.train}")
+    return pairs
+
+
+def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
+    """Train `config.model` with `config.objective` on `config.data.train`; see TrainConfig for the knobs."""
+    if config.mixed_precision == "bf16":
+        warnings.warn("bf16 autocast: on the de-quantized SmolLM2 weights it gave spurious DPO rewards; "
+                      "prefer fp32 (mixed_precision=no) unless you have checked your model", stacklevel=2)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    set_seed(config.seed)
+    output_dir = Path(config.output_dir)
+    objective = get(config.objective.name)
+    params = objective_params(objective, config.objective.params)
+
+    loaded = load(config.model.name_or_path)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    disable_dropout(model)
+    pairs = load_pairs(config, tokenizer)
+    policy_fingerprint = weights_fingerprint(model) if objective.needs_reference else ""
+    if config.model.lora is not None:
+        model = apply_lora(model, config)
+    model.to(accelerator.device)
+
+    reference_scores, reference = None, None
+    if objective.needs_reference and config.reference.precompute:
+        with accelerator.main_process_first():
+            reference_scores = precompute_reference(config, model, tokenizer, pairs, policy_fingerprint,
+                                                    accelerator.device)
+    elif objective.needs_reference:
+        reference = online_reference(config, model, accelerator.device)
+
+    plan = BatchPlan(num_examples=len(pairs), batch_size=config.batch_size, grad_accum=config.grad_accum,
+                     epochs=config.epochs, max_steps=config.max_steps, seed=config.seed,
+                     world_size=accelerator.num_processes, rank=accelerator.process_index)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.optim.lr, betas=tuple(config.optim.betas),
+                                  eps=config.optim.eps, weight_decay=config.optim.weight_decay)
+    scheduler = get_scheduler(config.optim.schedule, optimizer, num_warmup_steps=config.optim.warmup_steps,
+                              num_training_steps=plan.total_steps)
+    # The scheduler is stepped by hand: accelerate's wrapper would step it once per process.
+    scorer, optimizer = accelerator.prepare(CompletionScorer(model), optimizer)
+
+    state = TrainingState(step=0)
+    checkpoint = latest_checkpoint(output_dir) if resume else None
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler)
+        log.info("resumed from %s (step %d)", checkpoint, state.step)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(to_yaml(config))
+    metrics_log = MetricsLog(output_dir, plan.total_steps, state.step, tensorboard=config.tensorboard,
+                             progress=config.progress, enabled=accelerator.is_main_process)
+
+    step_runner = StepRunner(accelerator, scorer, objective, params, pairs, tokenizer.pad_token_id,
+                             reference_scores, reference, trainable, config.optim.max_grad_norm)
+    metrics: dict[str, float] = {}
+    scorer.train()
+    while state.step < plan.total_steps:
+        started = time.perf_counter()
+        metrics = step_runner.run(plan.step_batches(state.step), plan.step_size(state.step))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        state.tokens_seen += int(metrics["tokens_in_step"])
+        metrics["lr"] = scheduler.get_last_lr()[0]
+        metrics["tokens_per_s"] = metrics["tokens_in_step"] / (time.perf_counter() - started)
+        if state.step % config.log_every == 0 or state.step == plan.total_steps:
+            metrics_log.log(state.step, metrics)
+        metrics_log.advance(metrics)
+        if config.save_every and state.step % config.save_every == 0 and state.step < plan.total_steps:
+            _save(accelerator, output_dir, model, tokenizer, optimizer, scheduler, state, config.keep_checkpoints)
+    metrics_log.close()
+    if not checkpoint_dir(output_dir, state.step).exists():
+        _save(accelerator, output_dir, model, tokenizer, optimizer, scheduler, state, config.keep_checkpoints)
+    final_dir = output_dir / "final"
+    if accelerator.is_main_process:
+        save_model_atomically(accelerator.unwrap_model(scorer).model, tokenizer, final_dir)
+    accelerator.wait_for_everyone()
+    return TrainResult(output_dir=output_dir, final_dir=final_dir, steps=state.step, metrics=metrics)
+
+
+def _save(accelerator: Accelerator, output_dir: Path, model, tokenizer, optimizer, scheduler,
+          state: TrainingState, keep: int) -> None:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_checkpoint(output_dir, model, tokenizer, optimizer, scheduler, state, keep)
+    accelerator.wait_for_everyone()
+
+
+class StepRunner:
+    """Forward + backward of one optimizer step's micro-batches; returns the step's averaged metrics."""
+
+    def __init__(self, accelerator: Accelerator, scorer: nn.Module, objective: Objective, params: dict,
+                 pairs: Sequence[TokenizedPair], pad_token_id: int, reference_scores: dict | None, reference,
+                 trainable: list[nn.Parameter], max_grad_norm: float | None):
+        self.accelerator, self.scorer, self.objective, self.params = accelerator, scorer, objective, params
+        self.pairs, self.pad_token_id = pairs, pad_token_id
+        self.reference_scores, self.reference = reference_scores, reference
+        self.trainable, self.max_grad_norm = trainable, max_grad_norm
+
+    def run(self, micro_batches: list[list[int]], examples_in_step: int) -> dict[str, float]:
+        totals: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.accelerator.device))
+        scale = self.accelerator.num_processes / examples_in_step
+        for position, indices in enumerate(micro_batches):
+            batch = collate_pairs([self.pairs[i] for i in indices], self.pad_token_id)
+            batch = {key: value.to(self.accelerator.device) for key, value in batch.items()}
+            last = position == len(micro_batches) - 1
+            with contextlib.nullcontext() if last else self.accelerator.no_sync(self.scorer):
+                with self.accelerator.autocast():
+                    losses, metrics = self._losses(batch)
+                self.accelerator.backward(losses.sum() * scale)
+            totals["loss"] += losses.detach().sum()
+            for key, value in metrics.items():
+                totals[key] += value.detach().float().sum()
+            totals["tokens"] += batch["attention_mask"].sum()
+        if self.max_grad_norm is not None:
+            totals["grad_norm"] = self.accelerator.clip_grad_norm_(self.trainable, self.max_grad_norm).detach()
+        return self._average(totals, examples_in_step)
+
+    def _losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        chosen, rejected = pair_logps(self.scorer, batch)
+        available = {"policy_chosen_logps": chosen, "policy_rejected_logps": rejected}
+        if self.objective.needs_reference:
+            available["ref_chosen_logps"], available["ref_rejected_logps"] = self._reference(batch)
+        reduce = (lambda s: s.sum) if self.objective.logps == "sum" else (lambda s: s.mean)
+        values = {key: reduce(scores) for key, scores in available.items()}
+        values["chosen_lengths"], values["rejected_lengths"] = chosen.count, rejected.count
+        return self.objective.fn(*(values[name] for name in self.objective.inputs), **self.params)
+
+    def _reference(self, batch: dict[str, torch.Tensor]) -> tuple[SequenceLogps, SequenceLogps]:
+        if self.reference_scores is not None:
+            index = batch["index"].cpu()
+            pick = {key: value[index].to(self.accelerator.device) for key, value in self.reference_scores.items()}
+            return (SequenceLogps(pick["chosen_sum"], pick["chosen_count"]),
+                    SequenceLogps(pick["rejected_sum"], pick["rejected_count"]))
+        with self.reference() as reference, torch.no_grad():
+            return pair_logps(CompletionScorer(reference), batch)
+
+    def _average(self, totals: dict[str, torch.Tensor], examples_in_step: int) -> dict[str, float]:
+        grad_norm = totals.pop("grad_norm", None)
+        summed = {key: self.accelerator.reduce(value, reduction="sum").item() for key, value in totals.items()}
+        tokens = summed.pop("tokens")
+        averaged = {key: value / examples_in_step for key, value in summed.items()}
+        averaged["tokens_in_step"] = tokens
+        if grad_norm is not None:
+            averaged["grad_norm"] = grad_norm.item()
+        return averaged

@@ -1,0 +1,98 @@
+"""Reference log-probs for a training run: precomputed once and cached on disk, or scored every step."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from typing import Callable, ContextManager, Sequence
+
+import torch
+from torch import nn
+
+from alignkit.data import TokenizedPair, collate_pairs, template_fingerprint
+from alignkit.models import load
+from alignkit.models.loading import cache_root
+from alignkit.models.logprobs import CompletionScorer, pair_logps
+from alignkit.models.reference import (
+    ReferenceLogpsCache,
+    frozen_copy,
+    policy_as_reference,
+    reference_fingerprint,
+    weights_fingerprint,
+)
+from alignkit.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+REFERENCE_KEYS = ("chosen_sum", "chosen_count", "rejected_sum", "rejected_count")
+
+
+def data_fingerprint(pairs: Sequence[TokenizedPair]) -> str:
+    digest = hashlib.sha256()
+    for pair in pairs:
+        for ids in (pair.prompt_ids, pair.chosen_ids, pair.rejected_ids):
+            digest.update(len(ids).to_bytes(4, "little"))
+            digest.update(torch.tensor(ids, dtype=torch.int64).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def external_reference(config: TrainConfig, device: torch.device) -> nn.Module | None:
+    """The reference named in the config (`reference.model`), frozen; None means "the untrained policy"."""
+    if config.reference.model is None:
+        return None
+    return frozen_copy(load(config.reference.model).model.to(device))
+
+
+def online_reference(config: TrainConfig, policy: nn.Module, device: torch.device) -> Callable[[], ContextManager]:
+    """For scoring the reference every step: a context factory yielding a model that stays fixed in training.
+
+    LoRA policies use themselves with adapters disabled (no second copy); full fine-tuning keeps a frozen
+    copy of the initial weights.
+    """
+    external = external_reference(config, device)
+    if external is not None:
+        return lambda: contextlib.nullcontext(external)
+    if hasattr(policy, "disable_adapter"):
+        return lambda: policy_as_reference(policy)
+    copy = frozen_copy(policy)
+    return lambda: contextlib.nullcontext(copy)
+
+
+@torch.no_grad()
+def score_pairs(model: nn.Module, pairs: Sequence[TokenizedPair], pad_token_id: int, batch_size: int,
+                device: torch.device) -> dict[str, torch.Tensor]:
+    """Summed completion log-probs and token counts for every pair, in dataset order."""
+    parts: dict[str, list[torch.Tensor]] = {key: [] for key in REFERENCE_KEYS}
+    scorer = CompletionScorer(model)
+    for start in range(0, len(pairs), batch_size):
+        batch = {k: v.to(device) for k, v in collate_pairs(pairs[start:start + batch_size], pad_token_id).items()}
+        chosen, rejected = pair_logps(scorer, batch)
+        for key, value in zip(REFERENCE_KEYS, (chosen.sum, chosen.count, rejected.sum, rejected.count)):
+            parts[key].append(value.float().cpu())
+    return {key: torch.cat(values) for key, values in parts.items()}
+
+
+def precompute_reference(config: TrainConfig, policy: nn.Module, tokenizer, pairs: Sequence[TokenizedPair],
+                         policy_fingerprint: str, device: torch.device) -> dict[str, torch.Tensor]:
+    """Reference log-probs of every pair, read from the on-disk cache when the fingerprint matches.
+
+    Must run before the first optimizer step when the reference is the policy itself.
+    """
+    external = external_reference(config, device)
+    fingerprint = reference_fingerprint(
+        weights=weights_fingerprint(external) if external is not None else policy_fingerprint,
+        data=data_fingerprint(pairs),
+        template=template_fingerprint(tokenizer),
+        settings={"max_length": config.data.max_length, "max_prompt_length": config.data.max_prompt_length,
+                  "overlong": config.data.overlong, "mixed_precision": config.mixed_precision},
+    )
+    cache = ReferenceLogpsCache(cache_root() / "reference_logps")
+    if config.reference.cache and (cached := cache.load(fingerprint)) is not None:
+        log.info("reference log-probs: reused %s", cache.path(fingerprint))
+        return cached
+    log.info("reference log-probs: computing for %d pairs", len(pairs))
+    with contextlib.nullcontext(external) if external is not None else policy_as_reference(policy) as reference:
+        scores = score_pairs(reference, pairs, tokenizer.pad_token_id, config.batch_size, device)
+    if config.reference.cache:
+        log.info("reference log-probs: cached at %s", cache.save(fingerprint, scores))
+    return scores
