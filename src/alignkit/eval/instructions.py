@@ -1,0 +1,108 @@
+"""Instruction-following evaluation: greedy completions scored by programmatic verifiers.
+
+Rows are dicts `{"prompt": [messages] | str, "check": spec}` (the format of the shipped
+`data/demo/heldout.jsonl`); specs are those understood by `alignkit.models.verifiers.check`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from alignkit.decode.generate import generate
+from alignkit.models.verifiers import check, family
+
+TOTAL = "total"
+
+
+@dataclass(frozen=True)
+class RowResult:
+    """One evaluated prompt: its check family, the greedy completion and whether it passed."""
+
+    family: str
+    passed: bool
+    completion: str
+
+
+@dataclass(frozen=True)
+class InstructionReport:
+    """Per-row results plus pass counts per check family and in total."""
+
+    rows: tuple[RowResult, ...]
+
+    def counts(self) -> dict[str, tuple[int, int]]:
+        """`{family: (passed, total)}` sorted by family name, with the overall count last under "total"."""
+        counts: dict[str, tuple[int, int]] = {}
+        for row in self.rows:
+            passed, total = counts.get(row.family, (0, 0))
+            counts[row.family] = (passed + row.passed, total + 1)
+        result = dict(sorted(counts.items()))
+        result[TOTAL] = (self.passed, len(self.rows))
+        return result
+
+    @property
+    def passed(self) -> int:
+        """How many rows passed their check."""
+        return sum(row.passed for row in self.rows)
+
+    @property
+    def pass_rate(self) -> float:
+        """Fraction of rows that passed (0.0 for an empty report)."""
+        return self.passed / len(self.rows) if self.rows else 0.0
+
+
+def default_heldout_path() -> Path:
+    """The held-out prompts shipped with the package."""
+    return Path(str(resources.files("alignkit").joinpath("data", "demo", "heldout.jsonl")))
+
+
+def load_heldout(path: str | Path | None = None) -> list[dict]:
+    """Read held-out rows (one JSON object per line) from `path`, or the shipped file by default."""
+    source = Path(path) if path is not None else default_heldout_path()
+    with source.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def evaluate_instructions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict], *,
+                          max_new_tokens: int = 96, batch_size: int = 16) -> InstructionReport:
+    """Greedily complete every row's prompt and score it with the row's check."""
+    completions = generate(model, tokenizer, [row["prompt"] for row in rows],
+                           max_new_tokens=max_new_tokens, batch_size=batch_size)
+    results = tuple(RowResult(family(row["check"]), check(row["check"], outs[0]), outs[0])
+                    for row, outs in zip(rows, completions, strict=True))
+    return InstructionReport(results)
+
+
+def _cell(passed: int, total: int) -> str:
+    pct = 100.0 * passed / total if total else 0.0
+    return f"{passed}/{total} ({pct:.0f}%)"
+
+
+def _change(before: tuple[int, int], after: tuple[int, int]) -> str:
+    if not before[1] or not after[1]:
+        return "n/a"
+    points = 100.0 * (after[0] / after[1] - before[0] / before[1])
+    return f"{after[0] - before[0]:+d} ({points:+.0f} pp)"
+
+
+def format_comparison(before: InstructionReport, after: InstructionReport) -> str:
+    """A plain-text table: per family and in total, `passed/total (pct)` before and after, and the change."""
+    before_counts, after_counts = before.counts(), after.counts()
+    families = sorted((set(before_counts) | set(after_counts)) - {TOTAL}) + [TOTAL]
+    header = ("check", "before", "after", "change")
+    lines = [header]
+    for name in families:
+        b, a = before_counts.get(name, (0, 0)), after_counts.get(name, (0, 0))
+        lines.append((name, _cell(*b), _cell(*a), _change(b, a)))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+
+    def render(line: tuple[str, ...]) -> str:
+        return "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+
+    rule = "  ".join("-" * width for width in widths)
+    return "\n".join([render(lines[0]), rule, *map(render, lines[1:-1]), rule, render(lines[-1])])
