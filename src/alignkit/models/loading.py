@@ -16,9 +16,11 @@ import importlib.util
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import NamedTuple
+from urllib.parse import urlparse
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -79,18 +81,42 @@ def _load_gguf(file: Path, dtype: torch.dtype) -> Loaded:
 
 
 def _load_hub(repo_id: str, dtype: torch.dtype) -> Loaded:
-    # Fail in seconds rather than hang when the hub is unreachable.
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+    """Hub ids: the local HF cache first, then the hub, but only after a 3-second reachability probe.
+
+    Files are fetched with `snapshot_download` and loaded as a local folder, so transformers never
+    retries unreachable URLs on its own (which takes minutes offline).
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.py"]
     try:
-        model = AutoModelForCausalLM.from_pretrained(repo_id, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(repo_id)
-    except OSError as err:
+        return _load_folder(Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)), dtype)
+    except (LocalEntryNotFoundError, ModelLoadError):
+        pass
+    if not _hub_reachable():
         raise ModelLoadError(
-            f"{repo_id}: not a local path, and the Hugging Face hub could not provide it ({err.__class__.__name__}). "
-            f"Offline, pass a local model folder, a .gguf file, or the built-in name '{DEFAULT_MODEL}'."
-        ) from err
-    return Loaded(model, _with_pad_token(tokenizer), repo_id)
+            f"{repo_id}: not a local path, not in the Hugging Face cache, and the hub is unreachable (offline). "
+            f"Pass a local model folder, a .gguf file, or the built-in name '{DEFAULT_MODEL}'."
+        )
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except (HfHubHTTPError, OSError) as err:
+        raise ModelLoadError(f"{repo_id}: the Hugging Face hub could not provide it: {err}") from err
+    return _load_folder(folder, dtype)
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
 
 
 def _builtin_folder(name: str) -> Path:

@@ -64,6 +64,7 @@ class TrainConfig:
     reference: ReferenceSettings = field(default_factory=ReferenceSettings)
     optim: OptimSettings = field(default_factory=OptimSettings)
     output_dir: str = "runs/dpo"
+    overwrite: bool = False  # allow starting afresh in an output_dir that already holds a run
     batch_size: int = 4  # pairs per micro-batch, per process
     grad_accum: int = 1  # micro-batches per optimizer step
     epochs: int = 1

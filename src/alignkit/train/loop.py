@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
+import shutil
 import time
 import warnings
 from collections import defaultdict
@@ -20,6 +20,7 @@ from typing import Sequence
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from torch import nn
 from transformers import get_scheduler
@@ -93,9 +94,16 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     if config.mixed_precision == "bf16":
         warnings.warn("bf16 autocast: on the de-quantized SmolLM2 weights it gave spurious DPO rewards; "
                       "prefer fp32 (mixed_precision=no) unless you have checked your model", stacklevel=2)
+    # Each run sets its own precision; the process-level distributed state (PartialState) is kept.
+    AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
     set_seed(config.seed)
     output_dir = Path(config.output_dir)
+    if not resume and not config.overwrite and latest_checkpoint(output_dir) is not None:
+        raise ConfigError(f"output_dir {output_dir} already holds a run; pass --resume to continue it, "
+                          "overwrite=true to start again there, or another output_dir")
+    if not resume and config.overwrite and accelerator.is_main_process:
+        shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
     objective = get(config.objective.name)
     params = objective_params(objective, config.objective.params)
 

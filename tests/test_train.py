@@ -1,0 +1,161 @@
+"""The trainer end to end on a tiny model: loss scaling, resume, reference handling, LoRA, outputs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from alignkit.train import loop as train_loop
+from alignkit.train.config import ConfigError, load_config
+from alignkit.train.loop import train
+
+
+def write_pairs(path, n=8):
+    """Conversational preference rows of different lengths (so batches need padding)."""
+    rows = []
+    for i in range(n):
+        rows.append({
+            "prompt": [{"role": "user", "content": f"Tell me about the number {i}" + " please" * (i % 3)}],
+            "chosen": [{"role": "assistant", "content": f"{i} is a fine number." + " Indeed." * (i % 4)}],
+            "rejected": [{"role": "assistant", "content": f"No. I will not discuss {i}" + "!" * (i % 5)}],
+        })
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALIGNKIT_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture()
+def base_overrides(tmp_path, tiny_chat_model_dir):
+    data = write_pairs(tmp_path / "prefs.jsonl")
+    return [f"model.name_or_path={tiny_chat_model_dir}", f"data.train={data}", "optim.lr=1e-3",
+            "optim.warmup_steps=1", "progress=false", "tensorboard=false", "seed=3"]
+
+
+def final_params(result) -> dict[str, torch.Tensor]:
+    return load_file(result.final_dir / "model.safetensors")
+
+
+def assert_same_params(a: dict, b: dict, atol: float) -> None:
+    assert a.keys() == b.keys()
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst <= atol, f"max parameter difference {worst}"
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path, base_overrides, tiny_chat_model_dir):
+    big = train(load_config(None, base_overrides + ["batch_size=4", "grad_accum=1", "max_steps=2",
+                                                    f"output_dir={tmp_path / 'big'}"]))
+    accumulated = train(load_config(None, base_overrides + ["batch_size=1", "grad_accum=4", "max_steps=2",
+                                                            f"output_dir={tmp_path / 'acc'}"]))
+    initial = AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir).state_dict()
+    changed = max((final_params(big)[k] - initial[k]).abs().max().item() for k in final_params(big))
+    assert changed > 1e-4  # training moved the weights, so equality below is not vacuous
+    assert_same_params(final_params(big), final_params(accumulated), atol=1e-6)
+    losses_big = [m["loss"] for m in read_metrics(big.output_dir)]
+    losses_acc = [m["loss"] for m in read_metrics(accumulated.output_dir)]
+    assert losses_big == pytest.approx(losses_acc, abs=1e-6)
+
+
+def test_ragged_last_step_averages_over_its_own_pairs(tmp_path, base_overrides):
+    # 8 pairs, 3 per micro-batch, 2 micro-batches a step: step 2 has only 2 pairs (3 + 3, then 2).
+    result = train(load_config(None, base_overrides + ["batch_size=3", "grad_accum=2", "epochs=1",
+                                                       f"output_dir={tmp_path / 'r'}"]))
+    assert result.steps == 2
+    first = read_metrics(result.output_dir)[0]
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)  # policy == reference at the first step
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, base_overrides, monkeypatch):
+    settings = base_overrides + ["batch_size=2", "grad_accum=2", "max_steps=4", "save_every=2"]
+    straight = train(load_config(None, settings + [f"output_dir={tmp_path / 'straight'}"]))
+
+    interrupted_dir = tmp_path / "interrupted"
+    original_log = train_loop.MetricsLog.log
+
+    def crash_at_step_3(self, step, metrics):
+        if step == 3:
+            raise KeyboardInterrupt("simulated crash")
+        original_log(self, step, metrics)
+
+    monkeypatch.setattr(train_loop.MetricsLog, "log", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(load_config(None, settings + [f"output_dir={interrupted_dir}"]))
+    monkeypatch.setattr(train_loop.MetricsLog, "log", original_log)
+    assert sorted(p.name for p in (interrupted_dir / "checkpoints").iterdir()) == ["step-000002"]
+
+    with pytest.raises(ConfigError, match="--resume"):
+        train(load_config(None, settings + [f"output_dir={interrupted_dir}"]))
+    resumed = train(load_config(None, settings + [f"output_dir={interrupted_dir}"]), resume=True)
+    assert resumed.steps == 4
+    assert_same_params(final_params(straight), final_params(resumed), atol=0.0)
+    assert [m["step"] for m in read_metrics(interrupted_dir)] == [1, 2, 3, 4]
+    assert [m["loss"] for m in read_metrics(interrupted_dir)] == [m["loss"] for m in read_metrics(straight.output_dir)]
+
+
+def test_online_reference_equals_precomputed(tmp_path, base_overrides):
+    settings = base_overrides + ["batch_size=2", "max_steps=3"]
+    cached = train(load_config(None, settings + [f"output_dir={tmp_path / 'a'}"]))
+    online = train(load_config(None, settings + ["reference.precompute=false", f"output_dir={tmp_path / 'b'}"]))
+    for a, b in zip(read_metrics(cached.output_dir), read_metrics(online.output_dir)):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+        assert a["rewards/margins"] == pytest.approx(b["rewards/margins"], abs=1e-6)
+    assert_same_params(final_params(cached), final_params(online), atol=1e-6)
+
+
+def test_reference_cache_is_reused_and_invalidated(tmp_path, base_overrides, monkeypatch):
+    settings = base_overrides + ["batch_size=4", "max_steps=1"]
+    train(load_config(None, settings + [f"output_dir={tmp_path / 'one'}"]))
+    cache_dir = tmp_path / "cache" / "reference_logps"
+    assert len(list(cache_dir.glob("*.safetensors"))) == 1
+
+    def must_not_score(*args, **kwargs):
+        raise AssertionError("reference log-probs recomputed although cached")
+
+    monkeypatch.setattr("alignkit.train.references.score_pairs", must_not_score)
+    train(load_config(None, settings + [f"output_dir={tmp_path / 'two'}"]))
+    monkeypatch.undo()
+    monkeypatch.setenv("ALIGNKIT_CACHE", str(tmp_path / "cache"))
+    # Another truncation setting changes the fingerprint: recomputed, stored beside the first.
+    train(load_config(None, settings + ["data.max_length=24", "data.max_prompt_length=12",
+                                        f"output_dir={tmp_path / 'three'}"]))
+    assert len(list(cache_dir.glob("*.safetensors"))) == 2
+
+
+def test_lora_uses_disabled_adapters_as_reference_and_saves_an_adapter(tmp_path, base_overrides, tiny_chat_model_dir):
+    from peft import PeftModel
+
+    settings = base_overrides + ["model.lora.r=4", "model.lora.alpha=8", "batch_size=2", "max_steps=2"]
+    precomputed = train(load_config(None, settings + [f"output_dir={tmp_path / 'lora'}"]))
+    online = train(load_config(None, settings + ["reference.precompute=false", f"output_dir={tmp_path / 'lora2'}"]))
+    first = read_metrics(precomputed.output_dir)[0]
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    for a, b in zip(read_metrics(precomputed.output_dir), read_metrics(online.output_dir)):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+    assert (precomputed.final_dir / "adapter_model.safetensors").exists()
+    base = AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir)
+    model = PeftModel.from_pretrained(base, precomputed.final_dir)
+    lora_b = [p for name, p in model.named_parameters() if "lora_B" in name]
+    assert lora_b and max(p.abs().max().item() for p in lora_b) > 0  # the adapter was trained
+
+
+def test_bf16_autocast_warns(tmp_path, base_overrides):
+    with pytest.warns(UserWarning, match="bf16"):
+        train(load_config(None, base_overrides + ["mixed_precision=bf16", "max_steps=1",
+                                                  f"output_dir={tmp_path / 'bf16'}"]))
+
+
+def test_unknown_objective_parameter_is_a_config_error(tmp_path, base_overrides):
+    with pytest.raises(ConfigError, match="gamma"):
+        train(load_config(None, base_overrides + ["objective.params.gamma=1.0", f"output_dir={tmp_path / 'x'}"]))
