@@ -159,3 +159,21 @@ def test_bf16_autocast_warns(tmp_path, base_overrides):
 def test_unknown_objective_parameter_is_a_config_error(tmp_path, base_overrides):
     with pytest.raises(ConfigError, match="gamma"):
         train(load_config(None, base_overrides + ["objective.params.gamma=1.0", f"output_dir={tmp_path / 'x'}"]))
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, base_overrides):
+    """torchrun with 2 gloo processes × 2 pairs == 1 process × 4 pairs (DDP averaging + loss scaling)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    single = train(load_config(None, base_overrides + ["batch_size=4", "max_steps=2",
+                                                       f"output_dir={tmp_path / 'one'}"]))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--nproc_per_node", "2", "-m", "alignkit.cli.main", "train", *base_overrides,
+               "batch_size=2", "max_steps=2", f"output_dir={tmp_path / 'two'}"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(read_metrics(tmp_path / "two")) == 2  # one writer, not one per process
+    assert_same_params(final_params(single), load_file(tmp_path / "two" / "final" / "model.safetensors"), atol=1e-5)

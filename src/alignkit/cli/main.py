@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import textwrap
 
@@ -65,7 +66,8 @@ def _train(args: argparse.Namespace) -> int:
     from alignkit.train.loop import train
 
     result = train(config, resume=args.resume)
-    print(f"trained {result.steps} steps; model saved to {result.final_dir}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"trained {result.steps} steps; model saved to {result.final_dir}")
     return 0
 
 

@@ -96,7 +96,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
                       "prefer fp32 (mixed_precision=no) unless you have checked your model", stacklevel=2)
     # Each run sets its own precision; the process-level distributed state (PartialState) is kept.
     AcceleratorState._reset_state()
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    # cpu=True on machines without an accelerator, so torchrun's processes form a gloo group.
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.accelerator.is_available())
     set_seed(config.seed)
     output_dir = Path(config.output_dir)
     if not resume and not config.overwrite and latest_checkpoint(output_dir) is not None:
