@@ -4,7 +4,11 @@ Base tasks (`src/alignkit/data/demo/tasks.txt`) are shuffled with `--seed` and s
 TRAIN and HELD-OUT tasks. Each task is combined with instruction families whose compliance a
 verifier in `alignkit.models.verifiers` can check. For every training prompt the default model
 samples `--samples` completions; a completion that passes the check (and ended on its own, i.e.
-was not cut off at `--max-new-tokens`) becomes *chosen*, one that fails becomes *rejected*.
+was not cut off at `--max-new-tokens`) and stays on topic (`verifiers.on_topic`: no refusal, shares a
+content word with the task) becomes *chosen*; one that fails the check becomes *rejected*. Without the
+on-topic rule, DPO learns that saying nothing ("I'm not a helpful AI.") satisfies every format check.
+
+The raw samples are written to `--samples-out`; `--from-samples` re-filters them without generating.
 
     .venv/bin/python scripts/build_demo_data.py            # writes src/alignkit/data/demo/*.jsonl
 
@@ -22,7 +26,7 @@ from pathlib import Path
 
 from alignkit.decode.generate import generate
 from alignkit.models import DEFAULT_MODEL, load
-from alignkit.models.verifiers import check
+from alignkit.models.verifiers import check, on_topic
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "src" / "alignkit" / "data" / "demo"
 WORDS = ["simple", "bright", "gentle", "quiet", "important", "happy", "careful", "warm", "friendly", "fresh"]
@@ -51,13 +55,17 @@ def instruction(family: str, rng: random.Random) -> tuple[str, dict]:
 def make_row(task: str, family: str, rng: random.Random) -> dict:
     """A held-out style row: a one-turn conversational prompt plus its check."""
     text, spec = instruction(family, rng)
-    return {"prompt": [{"role": "user", "content": f"{task} {text}"}], "check": spec}
+    return {"prompt": [{"role": "user", "content": f"{task} {text}"}], "check": spec, "topic": task}
 
 
 def make_pairs(row: dict, samples: list[str], finished: list[bool], per_prompt: int,
                rng: random.Random) -> list[dict]:
-    """Up to `per_prompt` (chosen, rejected) pairs with distinct texts: chosen pass and finished, rejected fail."""
-    chosen = list(dict.fromkeys(s for s, done in zip(samples, finished) if done and check(row["check"], s)))
+    """Up to `per_prompt` (chosen, rejected) pairs with distinct texts.
+
+    Chosen: passes the check, finished, on topic. Rejected: fails the check.
+    """
+    chosen = list(dict.fromkeys(s for s, done in zip(samples, finished)
+                                if done and check(row["check"], s) and on_topic(s, row["topic"])))
     rejected = list(dict.fromkeys(s for s in samples if not check(row["check"], s)))
     rng.shuffle(chosen)
     rng.shuffle(rejected)
@@ -84,6 +92,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--temperature", type=float, default=0.9)
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samples-out", type=Path, default=Path("runs/demo_samples.jsonl"),
+                        help="where to keep the raw samples (not shipped)")
+    parser.add_argument("--from-samples", type=Path, help="reuse raw samples written by an earlier run")
     return parser.parse_args()
 
 
@@ -98,9 +109,14 @@ def main() -> None:
 
     model, tokenizer, _ = load(args.model)
     start = time.time()
-    samples = generate(model, tokenizer, [row["prompt"] for row in train_rows], max_new_tokens=args.max_new_tokens,
-                       do_sample=True, temperature=args.temperature, num_return_sequences=args.samples,
-                       batch_size=args.batch_size, seed=args.seed)
+    if args.from_samples:
+        samples = [json.loads(line)["samples"] for line in args.from_samples.read_text().splitlines()]
+    else:
+        samples = generate(model, tokenizer, [row["prompt"] for row in train_rows],
+                           max_new_tokens=args.max_new_tokens, do_sample=True, temperature=args.temperature,
+                           num_return_sequences=args.samples, batch_size=args.batch_size, seed=args.seed)
+        args.samples_out.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl(args.samples_out, [{**row, "samples": outs} for row, outs in zip(train_rows, samples)])
     seconds = time.time() - start
     limit = args.max_new_tokens - 1  # re-tokenized length at the limit: the sample was (very likely) cut off
     pairs, passed, pairable = [], Counter(), Counter()

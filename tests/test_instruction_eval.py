@@ -75,3 +75,19 @@ def test_load_heldout_reads_jsonl(tmp_path):
     path.write_text("\n".join(json.dumps(row) for row in ROWS) + "\n\n", encoding="utf-8")
     assert load_heldout(path) == ROWS
     assert default_heldout_path().name == "heldout.jsonl"
+
+
+def test_substance_rows_catch_empty_compliance():
+    """A model that passes checks by saying nothing shows up in the on-topic rows."""
+    before = InstructionReport((RowResult("no_commas", False, "Knit slowly, daily.", True),
+                                RowResult("no_commas", True, "Use thick yarn first", True)))
+    after = InstructionReport((RowResult("no_commas", True, "I'm not a knitting machine.", False),
+                               RowResult("no_commas", True, "I'm sorry.", False)))
+    assert after.substance_counts() == {"on topic (no refusal)": (0, 2), "passed and on topic": (0, 2)}
+    table = format_comparison(before, after)
+    lines = table.splitlines()
+    topic_line = next(line for line in lines if line.startswith("on topic (no refusal)"))
+    assert "2/2 (100%)" in topic_line and "0/2 (0%)" in topic_line and "-2 (-100 pp)" in topic_line
+    passed_line = next(line for line in lines if line.startswith("passed and on topic"))
+    assert "1/2 (50%)" in passed_line and "0/2 (0%)" in passed_line and "-1 (-50 pp)" in passed_line
+    assert InstructionReport((RowResult("x", True, "a"),)).substance_counts() == {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from alignkit.models import verifiers as v
-from alignkit.models.verifiers import check, family
+from alignkit.models.verifiers import check, family, on_topic, refusal
 
 
 def test_words_definition():
@@ -112,3 +112,27 @@ def test_all_combines_checks():
 def test_unknown_type_is_named():
     with pytest.raises(ValueError, match="shout"):
         check({"type": "shout"}, "text")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("I'm sorry, I can't help with that.", True),
+    ("I’m not able to answer.", True),   # curly apostrophe
+    ("As an AI, I have no opinion.", True),
+    ("Sorry is a word in this sentence about apologies.", False),
+    ("Knitting needs patience.", False),
+    ("", False),
+])
+def test_refusal(text, expected):
+    assert refusal(text) is expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Use thin needles and knit a little every day.", True),
+    ("Knitting takes practice.", True),            # stem "knit" matches "knitting"
+    ("I'm not a knitting machine.", False),        # a refusal-like sentence never counts
+    ("Practice every day.", False),                # no content word of the topic
+    ("Knit.", False),                              # fewer than 3 words
+])
+def test_on_topic(text, expected):
+    assert on_topic(text, "Give tips for learning to knit.") is expected
+    assert check({"type": "on_topic", "topic": "Give tips for learning to knit."}, text) is expected

@@ -1,7 +1,9 @@
 """Instruction-following evaluation: greedy completions scored by programmatic verifiers.
 
-Rows are dicts `{"prompt": [messages] | str, "check": spec}` (the format of the shipped
-`data/demo/heldout.jsonl`); specs are those understood by `alignkit.models.verifiers.check`.
+Rows are dicts `{"prompt": [messages] | str, "check": spec, "topic": str (optional)}` (the format of
+the shipped `data/demo/heldout.jsonl`); specs are those understood by `alignkit.models.verifiers.check`.
+With a topic, each answer is also checked for substance (`verifiers.on_topic`: no refusal, mentions the
+topic), so a model cannot look better by answering every instruction with an empty sentence.
 """
 
 from __future__ import annotations
@@ -15,18 +17,22 @@ from pathlib import Path
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignkit.decode.generate import generate
-from alignkit.models.verifiers import check, family
+from alignkit.models.verifiers import check, family, on_topic
 
 TOTAL = "total"
+ON_TOPIC = "on topic (no refusal)"
+PASSED_ON_TOPIC = "passed and on topic"
 
 
 @dataclass(frozen=True)
 class RowResult:
-    """One evaluated prompt: its check family, the greedy completion and whether it passed."""
+    """One evaluated prompt: its check family, the greedy completion, whether it passed, and whether it
+    is a substantive on-topic answer (None when the row names no topic)."""
 
     family: str
     passed: bool
     completion: str
+    on_topic: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,14 @@ class InstructionReport:
         result = dict(sorted(counts.items()))
         result[TOTAL] = (self.passed, len(self.rows))
         return result
+
+    def substance_counts(self) -> dict[str, tuple[int, int]]:
+        """`{ON_TOPIC: (n, total), PASSED_ON_TOPIC: (n, total)}` over rows that name a topic; {} if none do."""
+        rows = [row for row in self.rows if row.on_topic is not None]
+        if not rows:
+            return {}
+        return {ON_TOPIC: (sum(row.on_topic for row in rows), len(rows)),
+                PASSED_ON_TOPIC: (sum(row.on_topic and row.passed for row in rows), len(rows))}
 
     @property
     def passed(self) -> int:
@@ -73,8 +87,11 @@ def evaluate_instructions(model: PreTrainedModel, tokenizer: PreTrainedTokenizer
     """Greedily complete every row's prompt and score it with the row's check."""
     completions = generate(model, tokenizer, [row["prompt"] for row in rows],
                            max_new_tokens=max_new_tokens, batch_size=batch_size)
-    results = tuple(RowResult(family(row["check"]), check(row["check"], outs[0]), outs[0])
-                    for row, outs in zip(rows, completions, strict=True))
+    results = tuple(
+        RowResult(family(row["check"]), check(row["check"], outs[0]), outs[0],
+                  on_topic(outs[0], row["topic"]) if "topic" in row else None)
+        for row, outs in zip(rows, completions, strict=True)
+    )
     return InstructionReport(results)
 
 
@@ -91,9 +108,12 @@ def _change(before: tuple[int, int], after: tuple[int, int]) -> str:
 
 
 def format_comparison(before: InstructionReport, after: InstructionReport) -> str:
-    """A plain-text table: per family and in total, `passed/total (pct)` before and after, and the change."""
-    before_counts, after_counts = before.counts(), after.counts()
-    families = sorted((set(before_counts) | set(after_counts)) - {TOTAL}) + [TOTAL]
+    """A plain-text table: per family and in total, `passed/total (pct)` before and after, and the change;
+    then, when rows name topics, how many answers were on topic, and how many passed and were on topic."""
+    before_counts = before.counts() | before.substance_counts()
+    after_counts = after.counts() | after.substance_counts()
+    extra = [name for name in (ON_TOPIC, PASSED_ON_TOPIC) if name in before_counts or name in after_counts]
+    families = sorted((set(before_counts) | set(after_counts)) - {TOTAL, *extra}) + [TOTAL] + extra
     header = ("check", "before", "after", "change")
     lines = [header]
     for name in families:
@@ -105,4 +125,6 @@ def format_comparison(before: InstructionReport, after: InstructionReport) -> st
         return "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
 
     rule = "  ".join("-" * width for width in widths)
-    return "\n".join([render(lines[0]), rule, *map(render, lines[1:-1]), rule, render(lines[-1])])
+    body, total, guards = lines[1:-1 - len(extra)], lines[-1 - len(extra)], lines[len(lines) - len(extra):]
+    sections = [render(lines[0]), rule, *map(render, body), rule, render(total)]
+    return "\n".join(sections + ([rule, *map(render, guards)] if guards else []))

@@ -63,6 +63,40 @@ def bullet_list(text: str, n: int) -> bool:
     return len(BULLET_RE.findall(text)) == n
 
 
+REFUSAL_RE = re.compile(
+    r"\b(i'?m sorry|i am sorry|i apologi[sz]e|i'?m not (?:able|allowed|a|an)|i am not (?:able|allowed|a|an)|"
+    r"i cannot|i can'?t|as an ai)\b",
+    re.IGNORECASE,
+)
+# Words that carry no topic: function words and the verbs of everyday task prompts.
+TOPIC_STOPWORDS = frozenset("""
+a an the of for to in on and or but your you yours what how why when where which who is are was were be been
+do does did explain describe give tips advice about with that this these those it its at by from into some
+write tell me my way ways good best new make list name share suggest someone something people things
+""".split())
+
+
+def refusal(text: str) -> bool:
+    """Apologises or declines ("I'm sorry", "I cannot", "I'm not able", "as an AI")."""
+    return REFUSAL_RE.search(text.replace("’", "'")) is not None
+
+
+def topic_stems(topic: str) -> set[str]:
+    """Four-letter stems of the topic's content words (length ≥ 4, not in TOPIC_STOPWORDS)."""
+    return {w[:4] for w in (w.casefold() for w in words(topic)) if len(w) >= 4 and w not in TOPIC_STOPWORDS}
+
+
+def on_topic(text: str, topic: str, min_words: int = 3) -> bool:
+    """A substantive answer: ≥ `min_words` words, no refusal, and it shares a content-word stem with `topic`.
+
+    A heuristic guard against answers that satisfy a format check by saying nothing ("I'm not a
+    helpful AI." has no commas); stems are 4-letter prefixes, so "knitting" matches "knit".
+    """
+    if len(words(text)) < min_words or refusal(text):
+        return False
+    return bool(topic_stems(topic) & {w.casefold()[:4] for w in words(text)})
+
+
 _VERIFIERS: dict[str, Callable[[str, dict], bool]] = {
     "max_words": lambda text, spec: max_words(text, int(spec["n"])),
     "include_word": lambda text, spec: include_word(text, spec["word"]),
@@ -71,6 +105,8 @@ _VERIFIERS: dict[str, Callable[[str, dict], bool]] = {
     "ends_with": lambda text, spec: ends_with(text, spec["text"]),
     "starts_with": lambda text, spec: starts_with(text, spec["text"]),
     "bullet_list": lambda text, spec: bullet_list(text, int(spec["n"])),
+    "on_topic": lambda text, spec: on_topic(text, spec["topic"]),
+    "not_refusal": lambda text, spec: not refusal(text),
     "all": lambda text, spec: all(check(sub, text) for sub in spec["checks"]),
 }
 
