@@ -6,9 +6,9 @@ import copy
 
 import pytest
 import torch
-from conftest import tiny_llama
+from conftest import CONVERSATIONAL_EXAMPLES, tiny_llama
 
-from alignkit.data import PreferenceExample, collate_pairs, tokenize_preferences
+from alignkit.data import collate_pairs, tokenize_preferences
 from alignkit.models.logprobs import CompletionScorer, SequenceLogps, completion_logps, pair_logps
 
 VOCAB = 128
@@ -130,20 +130,7 @@ def test_pair_logps_splits_chosen_first():
 
 
 def _conversational_pairs(tokenizer):
-    examples = [
-        PreferenceExample(prompt=[{"role": "user", "content": "What colour is the sky?"}],
-                          chosen=[{"role": "assistant", "content": "Blue, on a clear day."}],
-                          rejected=[{"role": "assistant", "content": "Green."}], where="row 1"),
-        PreferenceExample(prompt=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                                  {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"}],
-                          chosen=[{"role": "assistant", "content": "Goodbye!"}],
-                          rejected=[{"role": "assistant", "content": "No, I will not say goodbye to you."}],
-                          where="row 2"),
-        PreferenceExample(prompt=[{"role": "user", "content": "2+2?"}],
-                          chosen=[{"role": "assistant", "content": "4"}],
-                          rejected=[{"role": "assistant", "content": "It is five, I think."}], where="row 3"),
-    ]
-    pairs, _ = tokenize_preferences(examples, tokenizer)
+    pairs, _ = tokenize_preferences(CONVERSATIONAL_EXAMPLES, tokenizer)
     return pairs
 
 

@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_llama
+from conftest import CONVERSATIONAL_EXAMPLES, tiny_llama
 
-from alignkit.data import PreferenceExample, collate_pairs, tokenize_preferences
+from alignkit.data import collate_pairs, tokenize_preferences
 from alignkit.models.logprobs import CompletionScorer, pair_logps
 from alignkit.objectives import KNOWN_INPUTS, Objective, available, dpo, get, register
 from alignkit.objectives import registry as registry_module
@@ -200,19 +200,7 @@ def test_register_validates_inputs_and_derives_needs_reference(monkeypatch):
 
 # ----------------------------------------------------------------------------------------------- TRL parity
 
-EXAMPLES = [
-    PreferenceExample(prompt=[{"role": "user", "content": "What colour is the sky?"}],
-                      chosen=[{"role": "assistant", "content": "Blue, on a clear day."}],
-                      rejected=[{"role": "assistant", "content": "Green."}], where="row 1"),
-    PreferenceExample(prompt=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                              {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"}],
-                      chosen=[{"role": "assistant", "content": "Goodbye!"}],
-                      rejected=[{"role": "assistant", "content": "No, I will not say goodbye to you."}],
-                      where="row 2"),
-    PreferenceExample(prompt=[{"role": "user", "content": "2+2?"}],
-                      chosen=[{"role": "assistant", "content": "4"}],
-                      rejected=[{"role": "assistant", "content": "It is five, I think."}], where="row 3"),
-]
+EXAMPLES = CONVERSATIONAL_EXAMPLES
 TRL_BETA = 0.3
 
 
