@@ -177,3 +177,27 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, ba
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(read_metrics(tmp_path / "two")) == 2  # one writer, not one per process
     assert_same_params(final_params(single), load_file(tmp_path / "two" / "final" / "model.safetensors"), atol=1e-5)
+
+
+def test_reference_free_objective_never_scores_a_reference(tmp_path, base_overrides, monkeypatch):
+    from alignkit.objectives import Objective
+    from alignkit.objectives import registry
+
+    def margin_loss(policy_chosen_logps, policy_rejected_logps):
+        margin = policy_chosen_logps - policy_rejected_logps
+        return -torch.nn.functional.logsigmoid(margin), {"rewards/margins": margin.detach()}
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    registry.register(Objective(name="toy-free", fn=margin_loss, description="test", source="test",
+                                inputs=("policy_chosen_logps", "policy_rejected_logps"), logps="mean"))
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a reference-free objective must not touch a reference")
+
+    monkeypatch.setattr("alignkit.train.loop.precompute_reference", must_not_run)
+    monkeypatch.setattr("alignkit.train.loop.online_reference", must_not_run)
+    result = train(load_config(None, base_overrides + ["objective.name=toy-free", "max_steps=3",
+                                                       f"output_dir={tmp_path / 'free'}"]))
+    losses = [m["loss"] for m in read_metrics(result.output_dir)]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert not (tmp_path / "cache" / "reference_logps").exists()

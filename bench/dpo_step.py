@@ -1,0 +1,87 @@
+"""Seconds per DPO step on the default model: completion-only LM head vs full-vocabulary logits.
+
+    .venv/bin/python bench/dpo_step.py --steps 5 --batch-size 4
+
+Each step is a forward + backward of the DPO loss over `batch-size` pairs of the shipped demo data
+(reference log-probs precomputed, as in training), fp32, then an AdamW step. The two heads must
+give the same loss; the script checks it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from alignkit.data import TruncationConfig, collate_pairs, load_preferences, tokenize_preferences
+from alignkit.data.builtin import resolve_source
+from alignkit.models import DEFAULT_MODEL, load
+from alignkit.models.logprobs import CompletionScorer, SequenceLogps, pair_logps
+from alignkit.objectives import dpo
+
+
+def full_logits_pair_logps(model, batch) -> tuple[SequenceLogps, SequenceLogps]:
+    """The textbook path: logits at every position, log-softmax over the vocabulary, gather, mask."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    mask = batch["completion_mask"][:, 1:]
+    token_logps = torch.gather(logits.log_softmax(-1), 2, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    sums, counts = (token_logps * mask).sum(1), mask.sum(1).float()
+    half = sums.size(0) // 2
+    return SequenceLogps(sums[:half], counts[:half]), SequenceLogps(sums[half:], counts[half:])
+
+
+def time_steps(model, batches, score, steps: int) -> tuple[list[float], list[float]]:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)  # lr 0: every step sees the same weights
+    seconds, losses = [], []
+    for step in range(steps + 1):  # the first step warms up and is not counted
+        batch = batches[step % len(batches)]
+        started = time.perf_counter()
+        chosen, rejected = score(model, batch)
+        losses_per_pair, _ = dpo(chosen.sum, rejected.sum, batch["ref_chosen"], batch["ref_rejected"])
+        loss = losses_per_pair.mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step:
+            seconds.append(time.perf_counter() - started)
+            losses.append(loss.item())
+    return seconds, losses
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=4)
+    args = parser.parse_args()
+
+    model, tokenizer, _ = load(DEFAULT_MODEL)
+    model.train()
+    examples = load_preferences(resolve_source("builtin:demo/train.jsonl"))
+    pairs, _ = tokenize_preferences(examples[: args.batch_size * (args.steps + 1)], tokenizer,
+                                    TruncationConfig(max_length=256, max_prompt_length=128))
+    batches = []
+    for start in range(0, len(pairs), args.batch_size):
+        batch = collate_pairs(pairs[start:start + args.batch_size], tokenizer.pad_token_id)
+        with torch.no_grad():
+            chosen, rejected = pair_logps(CompletionScorer(model), batch)
+        batch["ref_chosen"], batch["ref_rejected"] = chosen.sum - 1.0, rejected.sum + 1.0  # a non-trivial margin
+        batches.append(batch)
+    tokens = statistics.mean(b["attention_mask"].sum().item() for b in batches)
+    results = {
+        "completion-only head": time_steps(model, batches, lambda m, b: pair_logps(CompletionScorer(m), b), args.steps),
+        "full logits": time_steps(model, batches, full_logits_pair_logps, args.steps),
+    }
+    print(f"SmolLM2-135M-Instruct, fp32, {torch.get_num_threads()} threads, {args.batch_size} pairs/step, "
+          f"{tokens:.0f} tokens/step, {args.steps} timed steps")
+    for name, (seconds, _) in results.items():
+        print(f"{name:<22} {statistics.mean(seconds):6.2f} s/step (min {min(seconds):.2f})  "
+              f"{tokens / statistics.mean(seconds):6.0f} tokens/s")
+    (_, a), (_, b) = results.values()
+    print(f"max |loss difference| between the heads: {max(abs(x - y) for x, y in zip(a, b)):.2e}")
+    assert all(abs(x - y) < 1e-4 for x, y in zip(a, b)), "the two heads disagree"
+
+
+if __name__ == "__main__":
+    main()
