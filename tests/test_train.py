@@ -201,3 +201,18 @@ def test_reference_free_objective_never_scores_a_reference(tmp_path, base_overri
     losses = [m["loss"] for m in read_metrics(result.output_dir)]
     assert len(losses) == 3 and losses[-1] < losses[0]
     assert not (tmp_path / "cache" / "reference_logps").exists()
+
+
+def test_dropped_pairs_do_not_shift_reference_scores(tmp_path, tiny_chat_model_dir):
+    """With `overlong=drop` removing a pair in the middle, each pair still meets its own reference score."""
+    rows = [{"prompt": f"Q{i}", "chosen": f" yes {i}", "rejected": f" no {i}"} for i in range(6)]
+    rows[1]["chosen"] = " very long" * 40  # over max_length: dropped
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = train(load_config(None, [f"model.name_or_path={tiny_chat_model_dir}", f"data.train={data}",
+                                      "data.max_length=32", "data.max_prompt_length=16", "data.overlong=drop",
+                                      "batch_size=5", "max_steps=1", "progress=false", "tensorboard=false",
+                                      f"output_dir={tmp_path / 'run'}"]))
+    first = read_metrics(result.output_dir)[0]
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert first["rewards/chosen"] == pytest.approx(0.0, abs=1e-6)

@@ -198,10 +198,11 @@ class StepRunner:
     def run(self, micro_batches: list[list[int]], examples_in_step: int) -> dict[str, float]:
         totals: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.accelerator.device))
         scale = self.accelerator.num_processes / examples_in_step
-        for position, indices in enumerate(micro_batches):
+        for number, indices in enumerate(micro_batches):
             batch = collate_pairs([self.pairs[i] for i in indices], self.pad_token_id)
             batch = {key: value.to(self.accelerator.device) for key, value in batch.items()}
-            last = position == len(micro_batches) - 1
+            batch["position"] = torch.tensor(indices)  # rows of the precomputed reference scores
+            last = number == len(micro_batches) - 1
             with contextlib.nullcontext() if last else self.accelerator.no_sync(self.scorer):
                 with self.accelerator.autocast():
                     losses, metrics = self._losses(batch)
@@ -226,8 +227,8 @@ class StepRunner:
 
     def _reference(self, batch: dict[str, torch.Tensor]) -> tuple[SequenceLogps, SequenceLogps]:
         if self.reference_scores is not None:
-            index = batch["index"].cpu()
-            pick = {key: value[index].to(self.accelerator.device) for key, value in self.reference_scores.items()}
+            rows = batch["position"]
+            pick = {key: value[rows].to(self.accelerator.device) for key, value in self.reference_scores.items()}
             return (SequenceLogps(pick["chosen_sum"], pick["chosen_count"]),
                     SequenceLogps(pick["rejected_sum"], pick["rejected_count"]))
         with self.reference() as reference, torch.no_grad():
