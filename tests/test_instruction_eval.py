@@ -83,11 +83,11 @@ def test_substance_rows_catch_empty_compliance():
                                 RowResult("no_commas", True, "Use thick yarn first", True)))
     after = InstructionReport((RowResult("no_commas", True, "I'm not a knitting machine.", False),
                                RowResult("no_commas", True, "I'm sorry.", False)))
-    assert after.substance_counts() == {"on topic (no refusal)": (0, 2), "passed and on topic": (0, 2)}
+    assert after.substance_counts() == {"substantive answer": (0, 2), "passed and substantive": (0, 2)}
     table = format_comparison(before, after)
     lines = table.splitlines()
-    topic_line = next(line for line in lines if line.startswith("on topic (no refusal)"))
+    topic_line = next(line for line in lines if line.startswith("substantive answer"))
     assert "2/2 (100%)" in topic_line and "0/2 (0%)" in topic_line and "-2 (-100 pp)" in topic_line
-    passed_line = next(line for line in lines if line.startswith("passed and on topic"))
+    passed_line = next(line for line in lines if line.startswith("passed and substantive"))
     assert "1/2 (50%)" in passed_line and "0/2 (0%)" in passed_line and "-1 (-50 pp)" in passed_line
     assert InstructionReport((RowResult("x", True, "a"),)).substance_counts() == {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from alignkit.models import verifiers as v
-from alignkit.models.verifiers import check, family, on_topic, refusal
+from alignkit.models.verifiers import check, family, on_topic, refusal, repetitive, substantive
 
 
 def test_words_definition():
@@ -136,3 +136,21 @@ def test_refusal(text, expected):
 def test_on_topic(text, expected):
     assert on_topic(text, "Give tips for learning to knit.") is expected
     assert check({"type": "on_topic", "topic": "Give tips for learning to knit."}, text) is expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("A little island is a little island is a little island.", True),
+    ("Use a mnemonic. Use a mnemonic. Use a mnemonic.", True),
+    ("Use a mnemonic. Use a mnemonic.", False),       # twice is not a loop
+    ("", False),
+    ("Islands are land surrounded by water on all sides.", False),
+])
+def test_repetitive(text, expected):
+    assert repetitive(text) is expected
+
+
+def test_substantive_needs_topic_and_no_loop():
+    topic = "Explain what an island is."
+    assert substantive("An island is land surrounded by water.", topic)
+    assert not substantive("A little island is a little island is a little island.", topic)
+    assert not substantive("Land surrounded by water.", topic)   # never names the topic

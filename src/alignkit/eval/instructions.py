@@ -2,8 +2,9 @@
 
 Rows are dicts `{"prompt": [messages] | str, "check": spec, "topic": str (optional)}` (the format of
 the shipped `data/demo/heldout.jsonl`); specs are those understood by `alignkit.models.verifiers.check`.
-With a topic, each answer is also checked for substance (`verifiers.on_topic`: no refusal, mentions the
-topic), so a model cannot look better by answering every instruction with an empty sentence.
+With a topic, each answer is also checked for substance (`verifiers.substantive`: no refusal, mentions
+the topic, does not loop), so a model cannot look better by answering every instruction with an empty
+sentence.
 """
 
 from __future__ import annotations
@@ -17,22 +18,22 @@ from pathlib import Path
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignkit.decode.generate import generate
-from alignkit.models.verifiers import check, family, on_topic
+from alignkit.models.verifiers import check, family, substantive
 
 TOTAL = "total"
-ON_TOPIC = "on topic (no refusal)"
-PASSED_ON_TOPIC = "passed and on topic"
+SUBSTANTIVE = "substantive answer"
+PASSED_SUBSTANTIVE = "passed and substantive"
 
 
 @dataclass(frozen=True)
 class RowResult:
     """One evaluated prompt: its check family, the greedy completion, whether it passed, and whether it
-    is a substantive on-topic answer (None when the row names no topic)."""
+    is a substantive answer (None when the row names no topic)."""
 
     family: str
     passed: bool
     completion: str
-    on_topic: bool | None = None
+    substantive: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -52,12 +53,12 @@ class InstructionReport:
         return result
 
     def substance_counts(self) -> dict[str, tuple[int, int]]:
-        """`{ON_TOPIC: (n, total), PASSED_ON_TOPIC: (n, total)}` over rows that name a topic; {} if none do."""
-        rows = [row for row in self.rows if row.on_topic is not None]
+        """`{SUBSTANTIVE: (n, total), PASSED_SUBSTANTIVE: (n, total)}` over rows that name a topic; {} if none do."""
+        rows = [row for row in self.rows if row.substantive is not None]
         if not rows:
             return {}
-        return {ON_TOPIC: (sum(row.on_topic for row in rows), len(rows)),
-                PASSED_ON_TOPIC: (sum(row.on_topic and row.passed for row in rows), len(rows))}
+        return {SUBSTANTIVE: (sum(row.substantive for row in rows), len(rows)),
+                PASSED_SUBSTANTIVE: (sum(row.substantive and row.passed for row in rows), len(rows))}
 
     @property
     def passed(self) -> int:
@@ -89,7 +90,7 @@ def evaluate_instructions(model: PreTrainedModel, tokenizer: PreTrainedTokenizer
                            max_new_tokens=max_new_tokens, batch_size=batch_size)
     results = tuple(
         RowResult(family(row["check"]), check(row["check"], outs[0]), outs[0],
-                  on_topic(outs[0], row["topic"]) if "topic" in row else None)
+                  substantive(outs[0], row["topic"]) if "topic" in row else None)
         for row, outs in zip(rows, completions, strict=True)
     )
     return InstructionReport(results)
@@ -109,10 +110,10 @@ def _change(before: tuple[int, int], after: tuple[int, int]) -> str:
 
 def format_comparison(before: InstructionReport, after: InstructionReport) -> str:
     """A plain-text table: per family and in total, `passed/total (pct)` before and after, and the change;
-    then, when rows name topics, how many answers were on topic, and how many passed and were on topic."""
+    then, when rows name topics, how many answers were substantive, and how many passed and were."""
     before_counts = before.counts() | before.substance_counts()
     after_counts = after.counts() | after.substance_counts()
-    extra = [name for name in (ON_TOPIC, PASSED_ON_TOPIC) if name in before_counts or name in after_counts]
+    extra = [name for name in (SUBSTANTIVE, PASSED_SUBSTANTIVE) if name in before_counts or name in after_counts]
     families = sorted((set(before_counts) | set(after_counts)) - {TOTAL, *extra}) + [TOTAL] + extra
     header = ("check", "before", "after", "change")
     lines = [header]

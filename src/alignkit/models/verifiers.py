@@ -97,6 +97,21 @@ def on_topic(text: str, topic: str, min_words: int = 3) -> bool:
     return bool(topic_stems(topic) & {w.casefold()[:4] for w in words(text)})
 
 
+def repetitive(text: str, n: int = 3, times: int = 3) -> bool:
+    """Some run of `n` words occurs `times` times or more ("a little island is a little island is ...")."""
+    tokens = [w.casefold() for w in words(text)]
+    counts: dict[tuple[str, ...], int] = {}
+    for i in range(len(tokens) - n + 1):
+        gram = tuple(tokens[i:i + n])
+        counts[gram] = counts.get(gram, 0) + 1
+    return any(count >= times for count in counts.values())
+
+
+def substantive(text: str, topic: str) -> bool:
+    """On topic (see `on_topic`) and not looping (see `repetitive`): an answer that says something."""
+    return on_topic(text, topic) and not repetitive(text)
+
+
 _VERIFIERS: dict[str, Callable[[str, dict], bool]] = {
     "max_words": lambda text, spec: max_words(text, int(spec["n"])),
     "include_word": lambda text, spec: include_word(text, spec["word"]),
@@ -107,6 +122,7 @@ _VERIFIERS: dict[str, Callable[[str, dict], bool]] = {
     "bullet_list": lambda text, spec: bullet_list(text, int(spec["n"])),
     "on_topic": lambda text, spec: on_topic(text, spec["topic"]),
     "not_refusal": lambda text, spec: not refusal(text),
+    "substantive": lambda text, spec: substantive(text, spec["topic"]),
     "all": lambda text, spec: all(check(sub, text) for sub in spec["checks"]),
 }
 

@@ -141,6 +141,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, optimizer, scheduler)
         log.info("resumed from %s (step %d)", checkpoint, state.step)
+    elif resume:
+        log.warning("--resume: no checkpoint in %s; starting from step 0", output_dir)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(to_yaml(config))
@@ -159,6 +161,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
         state.tokens_seen += int(metrics["tokens_in_step"])
+        metrics["tokens_seen"] = state.tokens_seen
         metrics["lr"] = scheduler.get_last_lr()[0]
         metrics["tokens_per_s"] = metrics["tokens_in_step"] / (time.perf_counter() - started)
         if state.step % config.log_every == 0 or state.step == plan.total_steps:
