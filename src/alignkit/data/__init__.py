@@ -3,7 +3,7 @@
 Imports nothing else from alignkit.
 """
 
-from alignkit.data.collation import collate_pairs
+from alignkit.data.collation import collate_pairs, collate_shared_prefix, pair_tokens
 from alignkit.data.errors import DataError
 from alignkit.data.preferences import PreferenceExample, load_preferences
 from alignkit.data.records import Record, load_records
@@ -23,6 +23,8 @@ __all__ = [
     "TruncationConfig",
     "TruncationReport",
     "collate_pairs",
+    "collate_shared_prefix",
+    "pair_tokens",
     "load_preferences",
     "load_records",
     "template_fingerprint",

@@ -55,16 +55,78 @@ def completion_logps(
     """
     if completion_mask[:, 0].any():
         raise ValueError("completion_mask marks position 0, which has no prefix to be scored from")
+    rows = input_ids.size(0)
+    previous = torch.arange(-1, input_ids.size(1) - 1, device=input_ids.device).expand_as(input_ids)
+    row_slots = torch.arange(rows, device=input_ids.device).unsqueeze(1).expand_as(input_ids)
+    return scored_logps(model, input_ids, attention_mask, completion_mask, previous, row_slots, rows)
+
+
+BLOCK_MASK_ATTENTION = ("sdpa", "eager")  # attention implementations that take a custom 4D mask
+
+
+def accepts_block_mask(model: nn.Module) -> bool:
+    """Whether the model's attention takes the additive 4D mask that prefix sharing needs."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base.config, "_attn_implementation", None) in BLOCK_MASK_ATTENTION
+
+
+def shared_prefix_logps(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    segment_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    source_index: torch.Tensor,
+    slots: torch.Tensor,
+) -> SequenceLogps:
+    """Log-probs of 2B answers laid out as B rows `[prompt | chosen | rejected]` (see
+    `alignkit.data.collate_shared_prefix`): one pass over each prompt instead of two."""
+    mask = segment_attention_mask(segment_ids, next(model.parameters()).dtype)
+    return scored_logps(model, input_ids, mask, completion_mask, source_index, slots, 2 * input_ids.size(0),
+                        position_ids=position_ids)
+
+
+def segment_attention_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive [B, 1, T, T] mask: causal, and a token of segment s sees the prompt (0) and segment s only.
+
+    Padding (-1) sees padding and the prompt, so no query row is fully masked (which would give NaN).
+    """
+    query, key = segment_ids.unsqueeze(2), segment_ids.unsqueeze(1)
+    width = segment_ids.size(1)
+    causal = torch.ones(width, width, dtype=torch.bool, device=segment_ids.device).tril()
+    allowed = causal & ((key == 0) | (key == query))
+    zero = torch.zeros((), dtype=dtype, device=segment_ids.device)
+    return torch.where(allowed, zero, torch.finfo(dtype).min).unsqueeze(1)
+
+
+def scored_logps(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_mask: torch.Tensor,
+    source_index: torch.Tensor,
+    slots: torch.Tensor,
+    num_slots: int,
+    position_ids: torch.Tensor | None = None,
+) -> SequenceLogps:
+    """The engine: log π(input_ids[b, t] | hidden[b, source_index[b, t]]) summed into `slots[b, t]`,
+    over the positions where `completion_mask` is true. The LM head sees only those hidden states."""
     backbone, head = causal_lm_parts(model)
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    scored = completion_mask[:, 1:].bool()
-    rows = torch.arange(input_ids.size(0), device=input_ids.device).unsqueeze(1).expand_as(scored)[scored]
-    logits = head(hidden[:, :-1][scored]).float()
-    targets = input_ids[:, 1:][scored]
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      use_cache=False).last_hidden_state
+    rows, columns = completion_mask.bool().nonzero(as_tuple=True)
+    logits = head(hidden[rows, source_index[rows, columns]]).float()
+    targets = input_ids[rows, columns]
     token_logps = torch.gather(logits.log_softmax(-1), 1, targets.unsqueeze(1)).squeeze(1)
-    sums = torch.zeros(input_ids.size(0), dtype=token_logps.dtype, device=input_ids.device)
-    sums = sums.index_add(0, rows, token_logps)
-    return SequenceLogps(sum=sums, count=scored.sum(1).to(token_logps.dtype))
+    slot = slots[rows, columns]
+    sums = torch.zeros(num_slots, dtype=token_logps.dtype, device=input_ids.device).index_add(0, slot, token_logps)
+    counts = torch.zeros(num_slots, dtype=token_logps.dtype, device=input_ids.device)
+    counts = counts.index_add(0, slot, torch.ones_like(token_logps))
+    return SequenceLogps(sum=sums, count=counts)
+
+
+SCORER_INPUTS = ("input_ids", "completion_mask", "attention_mask", "position_ids", "segment_ids",
+                 "source_index", "slots")
 
 
 class CompletionScorer(nn.Module):
@@ -78,14 +140,21 @@ class CompletionScorer(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                completion_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scores = completion_logps(self.model, input_ids, attention_mask, completion_mask)
+    def forward(self, input_ids: torch.Tensor, completion_mask: torch.Tensor,
+                attention_mask: torch.Tensor | None = None, **shared_prefix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Plain rows (`attention_mask`) or shared-prefix rows (`position_ids`, `segment_ids`,
+        `source_index`, `slots` from `collate_shared_prefix`)."""
+        if shared_prefix:
+            scores = shared_prefix_logps(self.model, input_ids, completion_mask=completion_mask, **shared_prefix)
+        else:
+            scores = completion_logps(self.model, input_ids, attention_mask, completion_mask)
         return scores.sum, scores.count
 
 
 def pair_logps(scorer: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[SequenceLogps, SequenceLogps]:
-    """Chosen and rejected completions scored in one forward of a `CompletionScorer` (chosen rows first)."""
-    sums, counts = scorer(batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
-    half = batch["input_ids"].size(0) // 2
+    """Chosen and rejected completions scored in one forward of a `CompletionScorer`, from a batch of
+    `collate_pairs` (chosen rows first) or `collate_shared_prefix`."""
+    inputs = {key: batch[key] for key in SCORER_INPUTS if key in batch}
+    sums, counts = scorer(**inputs)
+    half = sums.size(0) // 2
     return SequenceLogps(sums[:half], counts[:half]), SequenceLogps(sums[half:], counts[half:])

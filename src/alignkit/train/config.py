@@ -71,6 +71,7 @@ class TrainConfig:
     max_steps: Optional[int] = None  # stop after this many optimizer steps (overrides epochs)
     seed: int = 0
     mixed_precision: str = "no"  # "no" (fp32) or "bf16" (autocast)
+    prefix_sharing: bool = True  # one row [prompt | chosen | rejected] per pair where attention allows it
     save_every: Optional[int] = None  # checkpoint every N optimizer steps (always at the end)
     keep_checkpoints: int = 2
     log_every: int = 1

@@ -9,6 +9,7 @@ batch 4 × 1 step and batch 1 × 4 accumulation give the same gradient, ragged l
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import shutil
 import time
@@ -26,9 +27,17 @@ from torch import nn
 from transformers import get_scheduler
 
 from alignkit.data.builtin import resolve_source
-from alignkit.data import TokenizedPair, TruncationConfig, collate_pairs, load_preferences, tokenize_preferences
+from alignkit.data import (
+    TokenizedPair,
+    TruncationConfig,
+    collate_pairs,
+    collate_shared_prefix,
+    load_preferences,
+    pair_tokens,
+    tokenize_preferences,
+)
 from alignkit.models import load, save_model_atomically
-from alignkit.models.logprobs import CompletionScorer, SequenceLogps, pair_logps
+from alignkit.models.logprobs import CompletionScorer, SequenceLogps, accepts_block_mask, pair_logps
 from alignkit.models.reference import weights_fingerprint
 from alignkit.objectives import Objective, get
 from alignkit.train.checkpoint import (
@@ -41,7 +50,7 @@ from alignkit.train.checkpoint import (
 from alignkit.train.config import ConfigError, TrainConfig, to_yaml
 from alignkit.train.metrics import MetricsLog
 from alignkit.train.plan import BatchPlan
-from alignkit.train.references import online_reference, precompute_reference
+from alignkit.train.references import Collate, online_reference, precompute_reference
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +98,17 @@ def load_pairs(config: TrainConfig, tokenizer) -> list[TokenizedPair]:
     return pairs
 
 
+def batch_layout(config: TrainConfig, model: nn.Module, pad_token_id: int) -> Collate:
+    """Prefix sharing (one row per pair, the prompt computed once) where the model's attention takes a
+    block mask; otherwise, or when switched off, the plain layout of two rows per pair."""
+    if config.prefix_sharing and accepts_block_mask(model):
+        return functools.partial(collate_shared_prefix, pad_token_id=pad_token_id)
+    if config.prefix_sharing:
+        log.warning("prefix sharing needs sdpa or eager attention, the model uses %r: scoring chosen and "
+                    "rejected in separate rows instead", getattr(model.config, "_attn_implementation", None))
+    return functools.partial(collate_pairs, pad_token_id=pad_token_id)
+
+
 def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     """Train `config.model` with `config.objective` on `config.data.train`; see TrainConfig for the knobs."""
     if config.mixed_precision == "bf16":
@@ -116,12 +136,13 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     if config.model.lora is not None:
         model = apply_lora(model, config)
     model.to(accelerator.device)
+    collate = batch_layout(config, model, tokenizer.pad_token_id)
 
     reference_scores, reference = None, None
     if objective.needs_reference and config.reference.precompute:
         with accelerator.main_process_first():
             reference_scores = precompute_reference(config, model, tokenizer, pairs, policy_fingerprint,
-                                                    accelerator.device)
+                                                    collate, accelerator.device)
     elif objective.needs_reference:
         reference = online_reference(config, model, accelerator.device)
 
@@ -149,7 +170,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     metrics_log = MetricsLog(output_dir, plan.total_steps, state.step, tensorboard=config.tensorboard,
                              progress=config.progress, enabled=accelerator.is_main_process)
 
-    step_runner = StepRunner(accelerator, scorer, objective, params, pairs, tokenizer.pad_token_id,
+    step_runner = StepRunner(accelerator, scorer, objective, params, pairs, collate,
                              reference_scores, reference, trainable, config.optim.max_grad_norm)
     metrics: dict[str, float] = {}
     scorer.train()
@@ -191,10 +212,10 @@ class StepRunner:
     """Forward + backward of one optimizer step's micro-batches; returns the step's averaged metrics."""
 
     def __init__(self, accelerator: Accelerator, scorer: nn.Module, objective: Objective, params: dict,
-                 pairs: Sequence[TokenizedPair], pad_token_id: int, reference_scores: dict | None, reference,
+                 pairs: Sequence[TokenizedPair], collate: Collate, reference_scores: dict | None, reference,
                  trainable: list[nn.Parameter], max_grad_norm: float | None):
         self.accelerator, self.scorer, self.objective, self.params = accelerator, scorer, objective, params
-        self.pairs, self.pad_token_id = pairs, pad_token_id
+        self.pairs, self.collate = pairs, collate
         self.reference_scores, self.reference = reference_scores, reference
         self.trainable, self.max_grad_norm = trainable, max_grad_norm
 
@@ -202,7 +223,7 @@ class StepRunner:
         totals: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.accelerator.device))
         scale = self.accelerator.num_processes / examples_in_step
         for number, indices in enumerate(micro_batches):
-            batch = collate_pairs([self.pairs[i] for i in indices], self.pad_token_id)
+            batch = self.collate([self.pairs[i] for i in indices])
             batch = {key: value.to(self.accelerator.device) for key, value in batch.items()}
             batch["position"] = torch.tensor(indices)  # rows of the precomputed reference scores
             last = number == len(micro_batches) - 1
@@ -213,7 +234,7 @@ class StepRunner:
             totals["loss"] += losses.detach().sum()
             for key, value in metrics.items():
                 totals[key] += value.detach().float().sum()
-            totals["tokens"] += batch["attention_mask"].sum()
+            totals["tokens"] += pair_tokens(batch)
         if self.max_grad_norm is not None:
             totals["grad_norm"] = self.accelerator.clip_grad_norm_(self.trainable, self.max_grad_norm).detach()
         return self._average(totals, examples_in_step)

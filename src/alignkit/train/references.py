@@ -10,7 +10,7 @@ from typing import Callable, ContextManager, Sequence
 import torch
 from torch import nn
 
-from alignkit.data import TokenizedPair, collate_pairs, template_fingerprint
+from alignkit.data import TokenizedPair, template_fingerprint
 from alignkit.models import load
 from alignkit.models.loading import cache_root
 from alignkit.models.logprobs import CompletionScorer, pair_logps
@@ -24,6 +24,7 @@ from alignkit.models.reference import (
 from alignkit.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
+Collate = Callable[[Sequence[TokenizedPair]], dict[str, torch.Tensor]]
 REFERENCE_KEYS = ("chosen_sum", "chosen_count", "rejected_sum", "rejected_count")
 
 
@@ -59,13 +60,13 @@ def online_reference(config: TrainConfig, policy: nn.Module, device: torch.devic
 
 
 @torch.no_grad()
-def score_pairs(model: nn.Module, pairs: Sequence[TokenizedPair], pad_token_id: int, batch_size: int,
+def score_pairs(model: nn.Module, pairs: Sequence[TokenizedPair], collate: Collate, batch_size: int,
                 device: torch.device) -> dict[str, torch.Tensor]:
     """Summed completion log-probs and token counts for every pair, in dataset order."""
     parts: dict[str, list[torch.Tensor]] = {key: [] for key in REFERENCE_KEYS}
     scorer = CompletionScorer(model)
     for start in range(0, len(pairs), batch_size):
-        batch = {k: v.to(device) for k, v in collate_pairs(pairs[start:start + batch_size], pad_token_id).items()}
+        batch = {k: v.to(device) for k, v in collate(pairs[start:start + batch_size]).items()}
         chosen, rejected = pair_logps(scorer, batch)
         for key, value in zip(REFERENCE_KEYS, (chosen.sum, chosen.count, rejected.sum, rejected.count)):
             parts[key].append(value.float().cpu())
@@ -73,7 +74,7 @@ def score_pairs(model: nn.Module, pairs: Sequence[TokenizedPair], pad_token_id: 
 
 
 def precompute_reference(config: TrainConfig, policy: nn.Module, tokenizer, pairs: Sequence[TokenizedPair],
-                         policy_fingerprint: str, device: torch.device) -> dict[str, torch.Tensor]:
+                         policy_fingerprint: str, collate: Collate, device: torch.device) -> dict[str, torch.Tensor]:
     """Reference log-probs of every pair, read from the on-disk cache when the fingerprint matches.
 
     Must run before the first optimizer step when the reference is the policy itself.
@@ -92,7 +93,7 @@ def precompute_reference(config: TrainConfig, policy: nn.Module, tokenizer, pair
         return cached
     log.info("reference log-probs: computing for %d pairs", len(pairs))
     with contextlib.nullcontext(external) if external is not None else policy_as_reference(policy) as reference:
-        scores = score_pairs(reference, pairs, tokenizer.pad_token_id, config.batch_size, device)
+        scores = score_pairs(reference, pairs, collate, config.batch_size, device)
     if config.reference.cache:
         log.info("reference log-probs: cached at %s", cache.save(fingerprint, scores))
     return scores
