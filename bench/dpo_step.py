@@ -39,6 +39,10 @@ def full_logits_pair_logps(model, batch) -> tuple[SequenceLogps, SequenceLogps]:
     return SequenceLogps(sums[:half], counts[:half]), SequenceLogps(sums[half:], counts[half:])
 
 
+def completion_head(model, batch) -> tuple[SequenceLogps, SequenceLogps]:
+    return pair_logps(CompletionScorer(model), batch)
+
+
 def time_steps(model, batches, score, steps: int) -> tuple[list[float], list[float]]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)  # lr 0: every step sees the same weights
     seconds, losses = [], []
@@ -80,7 +84,6 @@ def main() -> None:
         shared["ref_chosen"], shared["ref_rejected"] = batch["ref_chosen"], batch["ref_rejected"]
         shared_batches.append(shared)
     tokens = statistics.mean(b["attention_mask"].sum().item() for b in batches)
-    completion_head = lambda m, b: pair_logps(CompletionScorer(m), b)  # noqa: E731
     results = {
         "full logits": time_steps(model, batches, full_logits_pair_logps, args.steps),
         "completion-only head": time_steps(model, batches, completion_head, args.steps),

@@ -216,3 +216,11 @@ def test_dropped_pairs_do_not_shift_reference_scores(tmp_path, tiny_chat_model_d
     first = read_metrics(result.output_dir)[0]
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert first["rewards/chosen"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_activation_checkpointing_changes_memory_not_numbers(tmp_path, base_overrides):
+    settings = base_overrides + ["batch_size=4", "max_steps=2"]
+    plain = train(load_config(None, settings + [f"output_dir={tmp_path / 'plain'}"]))
+    checkpointed = train(load_config(None, settings + ["activation_checkpointing=true",
+                                                       f"output_dir={tmp_path / 'ckpt'}"]))
+    assert_same_params(final_params(plain), final_params(checkpointed), atol=1e-6)

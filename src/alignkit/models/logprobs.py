@@ -140,8 +140,8 @@ class CompletionScorer(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, completion_mask: torch.Tensor,
-                attention_mask: torch.Tensor | None = None, **shared_prefix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, input_ids: torch.Tensor, completion_mask: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                **shared_prefix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Plain rows (`attention_mask`) or shared-prefix rows (`position_ids`, `segment_ids`,
         `source_index`, `slots` from `collate_shared_prefix`)."""
         if shared_prefix:

@@ -72,6 +72,7 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: str = "no"  # "no" (fp32) or "bf16" (autocast)
     prefix_sharing: bool = True  # one row [prompt | chosen | rejected] per pair where attention allows it
+    activation_checkpointing: bool = False  # recompute layer activations in backward: less memory, more time
     save_every: Optional[int] = None  # checkpoint every N optimizer steps (always at the end)
     keep_checkpoints: int = 2
     log_every: int = 1

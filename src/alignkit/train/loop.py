@@ -131,6 +131,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     loaded = load(config.model.name_or_path)
     model, tokenizer = loaded.model, loaded.tokenizer
     disable_dropout(model)
+    if config.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     pairs = load_pairs(config, tokenizer)
     policy_fingerprint = weights_fingerprint(model) if objective.needs_reference else ""
     if config.model.lora is not None:
