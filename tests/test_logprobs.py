@@ -182,3 +182,27 @@ def test_parity_with_trl_fused_lm_head(smol_tokenizer):
     print(f"completion_logps vs TRL fused LM head: max abs diff {diff:.3g} (sums ~{ours.sum.abs().mean():.1f})")
     assert diff < 1e-5
     assert torch.equal(ours.count, trl_counts)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 1000])
+def test_chunked_lm_head_gives_the_same_logps_and_gradients(chunk):
+    model = tiny_llama(initializer_range=0.3)
+    torch.manual_seed(1)
+    ids = torch.randint(3, 128, (3, 10))
+    attention = torch.ones_like(ids)
+    completion = torch.zeros_like(ids, dtype=torch.bool)
+    completion[:, 4:] = True
+
+    def run(head_chunk):
+        model.zero_grad()
+        scores = completion_logps(model, ids, attention, completion, head_chunk=head_chunk)
+        scores.sum.sum().backward()
+        return scores.sum.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    whole, whole_grads = run(None)
+    chunked, chunked_grads = run(chunk)
+    assert torch.allclose(whole, chunked, atol=1e-5, rtol=0)
+    assert max((whole_grads[n] - chunked_grads[n]).abs().max().item() for n in whole_grads) < 1e-5
+    with torch.no_grad():
+        assert torch.allclose(completion_logps(model, ids, attention, completion, head_chunk=chunk).sum, whole,
+                              atol=1e-5, rtol=0)

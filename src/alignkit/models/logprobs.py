@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 
 
@@ -47,6 +48,7 @@ def completion_logps(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     completion_mask: torch.Tensor,
+    head_chunk: int | None = None,
 ) -> SequenceLogps:
     """Sum of log π(token | prefix) over the tokens where `completion_mask` is true, per row.
 
@@ -58,7 +60,8 @@ def completion_logps(
     rows = input_ids.size(0)
     previous = torch.arange(-1, input_ids.size(1) - 1, device=input_ids.device).expand_as(input_ids)
     row_slots = torch.arange(rows, device=input_ids.device).unsqueeze(1).expand_as(input_ids)
-    return scored_logps(model, input_ids, attention_mask, completion_mask, previous, row_slots, rows)
+    return scored_logps(model, input_ids, attention_mask, completion_mask, previous, row_slots, rows,
+                        head_chunk=head_chunk)
 
 
 BLOCK_MASK_ATTENTION = ("sdpa", "eager")  # attention implementations that take a custom 4D mask
@@ -78,12 +81,13 @@ def shared_prefix_logps(
     completion_mask: torch.Tensor,
     source_index: torch.Tensor,
     slots: torch.Tensor,
+    head_chunk: int | None = None,
 ) -> SequenceLogps:
     """Log-probs of 2B answers laid out as B rows `[prompt | chosen | rejected]` (see
     `alignkit.data.collate_shared_prefix`): one pass over each prompt instead of two."""
     mask = segment_attention_mask(segment_ids, next(model.parameters()).dtype)
     return scored_logps(model, input_ids, mask, completion_mask, source_index, slots, 2 * input_ids.size(0),
-                        position_ids=position_ids)
+                        position_ids=position_ids, head_chunk=head_chunk)
 
 
 def segment_attention_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -108,16 +112,17 @@ def scored_logps(
     slots: torch.Tensor,
     num_slots: int,
     position_ids: torch.Tensor | None = None,
+    head_chunk: int | None = None,
 ) -> SequenceLogps:
     """The engine: log π(input_ids[b, t] | hidden[b, source_index[b, t]]) summed into `slots[b, t]`,
-    over the positions where `completion_mask` is true. The LM head sees only those hidden states."""
+    over the positions where `completion_mask` is true. The LM head sees only those hidden states,
+    `head_chunk` of them at a time if set (see `token_logps`)."""
     backbone, head = causal_lm_parts(model)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                       use_cache=False).last_hidden_state
     rows, columns = completion_mask.bool().nonzero(as_tuple=True)
-    logits = head(hidden[rows, source_index[rows, columns]]).float()
-    targets = input_ids[rows, columns]
-    token_logps = torch.gather(logits.log_softmax(-1), 1, targets.unsqueeze(1)).squeeze(1)
+    token_logps = chunked_token_logps(head, hidden[rows, source_index[rows, columns]], input_ids[rows, columns],
+                                      head_chunk)
     slot = slots[rows, columns]
     sums = torch.zeros(num_slots, dtype=token_logps.dtype, device=input_ids.device).index_add(0, slot, token_logps)
     counts = torch.zeros(num_slots, dtype=token_logps.dtype, device=input_ids.device)
@@ -129,6 +134,24 @@ SCORER_INPUTS = ("input_ids", "completion_mask", "attention_mask", "position_ids
                  "source_index", "slots")
 
 
+def token_logps(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(head(hidden))[target] per row of `hidden` [M, H], in float32."""
+    logits = head(hidden).float()
+    return torch.gather(logits.log_softmax(-1), 1, targets.unsqueeze(1)).squeeze(1)
+
+
+def chunked_token_logps(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+                        chunk: int | None) -> torch.Tensor:
+    """`token_logps` over `chunk` rows at a time, each chunk recomputed in backward (checkpointed), so at
+    most chunk × vocabulary logits are alive at once instead of M × vocabulary."""
+    if chunk is None or hidden.size(0) <= chunk:
+        return token_logps(head, hidden, targets)
+    if not torch.is_grad_enabled():
+        return torch.cat([token_logps(head, h, t) for h, t in zip(hidden.split(chunk), targets.split(chunk))])
+    return torch.cat([checkpoint(token_logps, head, h, t, use_reentrant=False)
+                      for h, t in zip(hidden.split(chunk), targets.split(chunk))])
+
+
 class CompletionScorer(nn.Module):
     """A causal LM whose forward returns `(summed completion log-probs, completion token counts)` per row.
 
@@ -136,18 +159,20 @@ class CompletionScorer(nn.Module):
     forward that actually runs.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, head_chunk: int | None = None):
         super().__init__()
         self.model = model
+        self.head_chunk = head_chunk
 
     def forward(self, input_ids: torch.Tensor, completion_mask: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 **shared_prefix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Plain rows (`attention_mask`) or shared-prefix rows (`position_ids`, `segment_ids`,
         `source_index`, `slots` from `collate_shared_prefix`)."""
         if shared_prefix:
-            scores = shared_prefix_logps(self.model, input_ids, completion_mask=completion_mask, **shared_prefix)
+            scores = shared_prefix_logps(self.model, input_ids, completion_mask=completion_mask,
+                                         head_chunk=self.head_chunk, **shared_prefix)
         else:
-            scores = completion_logps(self.model, input_ids, attention_mask, completion_mask)
+            scores = completion_logps(self.model, input_ids, attention_mask, completion_mask, self.head_chunk)
         return scores.sum, scores.count
 
 

@@ -157,7 +157,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     scheduler = get_scheduler(config.optim.schedule, optimizer, num_warmup_steps=config.optim.warmup_steps,
                               num_training_steps=plan.total_steps)
     # The scheduler is stepped by hand: accelerate's wrapper would step it once per process.
-    scorer, optimizer = accelerator.prepare(CompletionScorer(model), optimizer)
+    scorer, optimizer = accelerator.prepare(CompletionScorer(model, config.lm_head_chunk), optimizer)
 
     state = TrainingState(step=0)
     checkpoint = latest_checkpoint(output_dir) if resume else None
@@ -258,7 +258,7 @@ class StepRunner:
             return (SequenceLogps(pick["chosen_sum"], pick["chosen_count"]),
                     SequenceLogps(pick["rejected_sum"], pick["rejected_count"]))
         with self.reference() as reference, torch.no_grad():
-            return pair_logps(CompletionScorer(reference), batch)
+            return pair_logps(CompletionScorer(reference, self.accelerator.unwrap_model(self.scorer).head_chunk), batch)
 
     def _average(self, totals: dict[str, torch.Tensor], examples_in_step: int) -> dict[str, float]:
         grad_norm = totals.pop("grad_norm", None)

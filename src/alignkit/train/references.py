@@ -61,10 +61,10 @@ def online_reference(config: TrainConfig, policy: nn.Module, device: torch.devic
 
 @torch.no_grad()
 def score_pairs(model: nn.Module, pairs: Sequence[TokenizedPair], collate: Collate, batch_size: int,
-                device: torch.device) -> dict[str, torch.Tensor]:
+                device: torch.device, head_chunk: int | None = None) -> dict[str, torch.Tensor]:
     """Summed completion log-probs and token counts for every pair, in dataset order."""
     parts: dict[str, list[torch.Tensor]] = {key: [] for key in REFERENCE_KEYS}
-    scorer = CompletionScorer(model)
+    scorer = CompletionScorer(model, head_chunk)
     for start in range(0, len(pairs), batch_size):
         batch = {k: v.to(device) for k, v in collate(pairs[start:start + batch_size]).items()}
         chosen, rejected = pair_logps(scorer, batch)
@@ -93,7 +93,7 @@ def precompute_reference(config: TrainConfig, policy: nn.Module, tokenizer, pair
         return cached
     log.info("reference log-probs: computing for %d pairs", len(pairs))
     with contextlib.nullcontext(external) if external is not None else policy_as_reference(policy) as reference:
-        scores = score_pairs(reference, pairs, collate, config.batch_size, device)
+        scores = score_pairs(reference, pairs, collate, config.batch_size, device, config.lm_head_chunk)
     if config.reference.cache:
         log.info("reference log-probs: cached at %s", cache.save(fingerprint, scores))
     return scores
