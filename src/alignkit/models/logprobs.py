@@ -3,7 +3,8 @@
 A causal LM scores token t from the hidden state at t−1. Preference objectives only need the scores of
 completion tokens, so instead of projecting every position onto the vocabulary (B·T·V floats) we gather
 the hidden states that precede completion tokens and project only those (M·V floats, M = completion
-tokens in the batch). On SmolLM2-135M with 4 pairs this saved 1.6 s of a 9 s CPU step.
+tokens in the batch). On SmolLM2-135M with 4 pairs a step this took a CPU step from 6.2 s to 4.6 s
+(`bench/dpo_step.py`).
 """
 
 from __future__ import annotations
@@ -28,18 +29,22 @@ class SequenceLogps:
         return self.sum / self.count.clamp(min=1.0)
 
 
+def unwrap_peft(model: nn.Module) -> nn.Module:
+    """The transformers model inside a PEFT wrapper (the model itself when there is none)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def causal_lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     """The backbone (returns hidden states) and the LM head of a causal LM, through PEFT wrappers."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft(model)
     if not isinstance(base, PreTrainedModel):
         raise TypeError(f"expected a transformers causal LM, got {type(base).__name__}")
     head = base.get_output_embeddings()
     config = base.config.get_text_config()
     for unsupported in ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier"):
         if getattr(config, unsupported, None) not in (None, 1.0):
-            raise NotImplementedError(
-                f"{type(base).__name__} scales its logits ({unsupported}); completion-only scoring does not support it yet"
-            )
+            raise NotImplementedError(f"{type(base).__name__} scales its logits ({unsupported}); "
+                                      "completion-only scoring does not support it yet")
     return base.get_decoder(), head
 
 
@@ -69,8 +74,7 @@ BLOCK_MASK_ATTENTION = ("sdpa", "eager")  # attention implementations that take 
 
 def accepts_block_mask(model: nn.Module) -> bool:
     """Whether the model's attention takes the additive 4D mask that prefix sharing needs."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return getattr(base.config, "_attn_implementation", None) in BLOCK_MASK_ATTENTION
+    return getattr(unwrap_peft(model).config, "_attn_implementation", None) in BLOCK_MASK_ATTENTION
 
 
 def shared_prefix_logps(
