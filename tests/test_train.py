@@ -150,10 +150,11 @@ def test_lora_uses_disabled_adapters_as_reference_and_saves_an_adapter(tmp_path,
     assert lora_b and max(p.abs().max().item() for p in lora_b) > 0  # the adapter was trained
 
 
-def test_bf16_autocast_warns(tmp_path, base_overrides):
+def test_bf16_autocast_warns_and_scores_the_reference_under_the_same_autocast(tmp_path, base_overrides):
     with pytest.warns(UserWarning, match="bf16"):
-        train(load_config(None, base_overrides + ["mixed_precision=bf16", "max_steps=1",
-                                                  f"output_dir={tmp_path / 'bf16'}"]))
+        result = train(load_config(None, base_overrides + ["mixed_precision=bf16", "max_steps=1",
+                                                           f"output_dir={tmp_path / 'bf16'}"]))
+    assert read_metrics(result.output_dir)[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
 
 
 def test_unknown_objective_parameter_is_a_config_error(tmp_path, base_overrides):

@@ -142,7 +142,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
 
     reference_scores, reference = None, None
     if objective.needs_reference and config.reference.precompute:
-        with accelerator.main_process_first():
+        # Under the same autocast as training, so policy == reference scores the same at the first step.
+        with accelerator.main_process_first(), accelerator.autocast():
             reference_scores = precompute_reference(config, model, tokenizer, pairs, policy_fingerprint,
                                                     collate, accelerator.device)
     elif objective.needs_reference:
