@@ -111,9 +111,82 @@ def batch_layout(config: TrainConfig, model: nn.Module, pad_token_id: int) -> Co
 
 def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     """Train `config.model` with `config.objective` on `config.data.train`; see TrainConfig for the knobs."""
+    run = start_run(config, resume=resume)
+    metrics: dict[str, float] = {}
+    while run.state.step < run.plan.total_steps:
+        metrics = run.step()
+    return run.finish(metrics)
+
+
+@dataclass
+class TrainingRun:
+    """A prepared run, stepped by `step()` (one optimizer step) and closed by `finish()`.
+
+    `train()` is the usual entry point; this is for driving steps one at a time (benchmarks, notebooks).
+    """
+
+    config: TrainConfig
+    accelerator: Accelerator
+    model: nn.Module
+    tokenizer: object
+    scorer: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    plan: BatchPlan
+    state: TrainingState
+    step_runner: "StepRunner"
+    metrics_log: MetricsLog
+
+    def step(self) -> dict[str, float]:
+        """Run optimizer step `state.step` and return its metrics (loss, rewards, tokens_in_step, ...)."""
+        config, state = self.config, self.state
+        started = time.perf_counter()
+        metrics = self.step_runner.run(self.plan.step_batches(state.step), self.plan.step_size(state.step))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        state.tokens_seen += int(metrics["tokens_in_step"])
+        metrics["tokens_seen"] = state.tokens_seen
+        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        metrics["tokens_per_s"] = metrics["tokens_in_step"] / (time.perf_counter() - started)
+        if state.step % config.log_every == 0 or state.step == self.plan.total_steps:
+            self.metrics_log.log(state.step, metrics)
+        self.metrics_log.advance(metrics)
+        if config.save_every and state.step % config.save_every == 0 and state.step < self.plan.total_steps:
+            self._save()
+        return metrics
+
+    def finish(self, metrics: dict[str, float]) -> TrainResult:
+        """Write the last checkpoint (if not written) and `final/`, loadable with `from_pretrained`."""
+        self.metrics_log.close()
+        output_dir = Path(self.config.output_dir)
+        if not checkpoint_dir(output_dir, self.state.step).exists():
+            self._save()
+        final_dir = output_dir / "final"
+        if self.accelerator.is_main_process:
+            save_model_atomically(self.accelerator.unwrap_model(self.scorer).model, self.tokenizer, final_dir)
+        self.accelerator.wait_for_everyone()
+        return TrainResult(output_dir=output_dir, final_dir=final_dir, steps=self.state.step, metrics=metrics)
+
+    def _save(self) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            save_checkpoint(Path(self.config.output_dir), self.model, self.tokenizer, self.optimizer, self.scheduler,
+                            self.state, self.config.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
+
+
+def start_run(config: TrainConfig, *, resume: bool = False,
+              pairs: Sequence[TokenizedPair] | None = None) -> TrainingRun:
+    """Load the model and data, precompute reference log-probs, build the optimizer; resume if asked.
+
+    `pairs` replaces `config.data.train` with already tokenized pairs (e.g. to feed two trainers the
+    same token ids).
+    """
     if config.mixed_precision == "bf16":
         warnings.warn("bf16 autocast: on the de-quantized SmolLM2 weights it gave spurious DPO rewards; "
-                      "prefer fp32 (mixed_precision=no) unless you have checked your model", stacklevel=2)
+                      "prefer fp32 (mixed_precision=no) unless you have checked your model", stacklevel=3)
     # Each run sets its own precision; the process-level distributed state (PartialState) is kept.
     AcceleratorState._reset_state()
     # cpu=True on machines without an accelerator, so torchrun's processes form a gloo group.
@@ -133,7 +206,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     disable_dropout(model)
     if config.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    pairs = load_pairs(config, tokenizer)
+    pairs = list(pairs) if pairs is not None else load_pairs(config, tokenizer)
     policy_fingerprint = weights_fingerprint(model) if objective.needs_reference else ""
     if config.model.lora is not None:
         model = apply_lora(model, config)
@@ -172,43 +245,11 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
         (output_dir / "config.yaml").write_text(to_yaml(config))
     metrics_log = MetricsLog(output_dir, plan.total_steps, state.step, tensorboard=config.tensorboard,
                              progress=config.progress, enabled=accelerator.is_main_process)
-
     step_runner = StepRunner(accelerator, scorer, objective, params, pairs, collate,
                              reference_scores, reference, trainable, config.optim.max_grad_norm)
-    metrics: dict[str, float] = {}
     scorer.train()
-    while state.step < plan.total_steps:
-        started = time.perf_counter()
-        metrics = step_runner.run(plan.step_batches(state.step), plan.step_size(state.step))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        state.step += 1
-        state.tokens_seen += int(metrics["tokens_in_step"])
-        metrics["tokens_seen"] = state.tokens_seen
-        metrics["lr"] = scheduler.get_last_lr()[0]
-        metrics["tokens_per_s"] = metrics["tokens_in_step"] / (time.perf_counter() - started)
-        if state.step % config.log_every == 0 or state.step == plan.total_steps:
-            metrics_log.log(state.step, metrics)
-        metrics_log.advance(metrics)
-        if config.save_every and state.step % config.save_every == 0 and state.step < plan.total_steps:
-            _save(accelerator, output_dir, model, tokenizer, optimizer, scheduler, state, config.keep_checkpoints)
-    metrics_log.close()
-    if not checkpoint_dir(output_dir, state.step).exists():
-        _save(accelerator, output_dir, model, tokenizer, optimizer, scheduler, state, config.keep_checkpoints)
-    final_dir = output_dir / "final"
-    if accelerator.is_main_process:
-        save_model_atomically(accelerator.unwrap_model(scorer).model, tokenizer, final_dir)
-    accelerator.wait_for_everyone()
-    return TrainResult(output_dir=output_dir, final_dir=final_dir, steps=state.step, metrics=metrics)
-
-
-def _save(accelerator: Accelerator, output_dir: Path, model, tokenizer, optimizer, scheduler,
-          state: TrainingState, keep: int) -> None:
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_checkpoint(output_dir, model, tokenizer, optimizer, scheduler, state, keep)
-    accelerator.wait_for_everyone()
+    return TrainingRun(config, accelerator, model, tokenizer, scorer, optimizer, scheduler, plan, state,
+                       step_runner, metrics_log)
 
 
 class StepRunner:
