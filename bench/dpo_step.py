@@ -1,5 +1,6 @@
-"""Seconds per DPO step on the default model: full-vocabulary logits, completion-only LM head, and the
-completion-only head with the prompt shared by both answers (prefix sharing, alignkit's default).
+"""Seconds per DPO step on the default model: full-vocabulary logits, completion-only LM head, the
+completion-only head with the prompt shared by both answers (prefix sharing, alignkit's default), and
+prefix-shared pairs packed several to a row (first-fit in the longest pair's width, or all in one row).
 
     .venv/bin/python bench/dpo_step.py --steps 5 --batch-size 4
 
@@ -72,7 +73,7 @@ def main() -> None:
     examples = load_preferences(resolve_source("builtin:demo/train.jsonl"))
     pairs, _ = tokenize_preferences(examples[: args.batch_size * (args.steps + 1)], tokenizer,
                                     TruncationConfig(max_length=256, max_prompt_length=128))
-    batches, shared_batches = [], []
+    batches, shared_batches, packed_batches, one_row_batches = [], [], [], []
     for start in range(0, len(pairs), args.batch_size):
         chunk = pairs[start:start + args.batch_size]
         batch = collate_pairs(chunk, tokenizer.pad_token_id)
@@ -83,16 +84,23 @@ def main() -> None:
         shared = collate_shared_prefix(chunk, tokenizer.pad_token_id)
         shared["ref_chosen"], shared["ref_rejected"] = batch["ref_chosen"], batch["ref_rejected"]
         shared_batches.append(shared)
+        for layout, row_tokens in ((packed_batches, None), (one_row_batches, 1_000_000)):
+            packed = collate_shared_prefix(chunk, tokenizer.pad_token_id, pack=True, row_tokens=row_tokens)
+            packed["ref_chosen"], packed["ref_rejected"] = batch["ref_chosen"], batch["ref_rejected"]
+            layout.append(packed)
     tokens = statistics.mean(b["attention_mask"].sum().item() for b in batches)
     results = {
         "full logits": time_steps(model, batches, full_logits_pair_logps, args.steps),
         "completion-only head": time_steps(model, batches, completion_head, args.steps),
         "+ prefix sharing": time_steps(model, shared_batches, completion_head, args.steps),
+        "+ packing (first-fit)": time_steps(model, packed_batches, completion_head, args.steps),
+        "+ packing (one row)": time_steps(model, one_row_batches, completion_head, args.steps),
     }
+    rows = statistics.mean(b["input_ids"].size(0) for b in packed_batches)
     print(f"SmolLM2-135M-Instruct, fp32, {torch.get_num_threads()} threads, {args.batch_size} pairs/step, "
-          f"{tokens:.0f} tokens/step, {args.steps} timed steps")
+          f"{tokens:.0f} tokens/step, {args.steps} timed steps; first-fit packing gives {rows:.2f} rows/step")
     for name, (seconds, _) in results.items():
-        print(f"{name:<22} {statistics.mean(seconds):6.2f} s/step (min {min(seconds):.2f})  "
+        print(f"{name:<24} {statistics.mean(seconds):6.2f} s/step (min {min(seconds):.2f})  "
               f"{tokens / statistics.mean(seconds):6.0f} tokens/s")
     baseline = results["full logits"][1]
     for name, (_, losses) in results.items():

@@ -58,6 +58,10 @@ class TokenizedPair:
     index: int
     where: str
 
+    @property
+    def completions(self) -> tuple[Ids, Ids]:
+        return self.chosen_ids, self.rejected_ids
+
 
 @dataclass(frozen=True)
 class TruncationReport:

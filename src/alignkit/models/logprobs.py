@@ -82,27 +82,30 @@ def shared_prefix_logps(
     input_ids: torch.Tensor,
     position_ids: torch.Tensor,
     segment_ids: torch.Tensor,
+    context_ids: torch.Tensor,
     completion_mask: torch.Tensor,
     source_index: torch.Tensor,
     slots: torch.Tensor,
     head_chunk: int | None = None,
 ) -> SequenceLogps:
-    """Log-probs of 2B answers laid out as B rows `[prompt | chosen | rejected]` (see
-    `alignkit.data.collate_shared_prefix`): one pass over each prompt instead of two."""
-    mask = segment_attention_mask(segment_ids, next(model.parameters()).dtype)
-    return scored_logps(model, input_ids, mask, completion_mask, source_index, slots, 2 * input_ids.size(0),
+    """Log-probs of the K·B completions laid out by `alignkit.data.collate_shared_prefix` (rows
+    `[prompt | c_1 | … | c_K]`, possibly several examples packed per row): one pass over each prompt."""
+    mask = segment_attention_mask(segment_ids, context_ids, next(model.parameters()).dtype)
+    num_slots = int(slots.amax()) + 1
+    return scored_logps(model, input_ids, mask, completion_mask, source_index, slots, num_slots,
                         position_ids=position_ids, head_chunk=head_chunk)
 
 
-def segment_attention_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Additive [B, 1, T, T] mask: causal, and a token of segment s sees the prompt (0) and segment s only.
+def segment_attention_mask(segment_ids: torch.Tensor, context_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive [rows, 1, T, T] mask: causal, and a token sees its own segment and its context segment
+    (a completion: its prompt) only.
 
-    Padding (-1) sees padding and the prompt, so no query row is fully masked (which would give NaN).
+    Padding (segment -1) sees the padding before it and itself, so no query row is fully masked (NaN).
     """
     query, key = segment_ids.unsqueeze(2), segment_ids.unsqueeze(1)
     width = segment_ids.size(1)
     causal = torch.ones(width, width, dtype=torch.bool, device=segment_ids.device).tril()
-    allowed = causal & ((key == 0) | (key == query))
+    allowed = causal & ((key == query) | (key == context_ids.unsqueeze(2)))
     zero = torch.zeros((), dtype=dtype, device=segment_ids.device)
     return torch.where(allowed, zero, torch.finfo(dtype).min).unsqueeze(1)
 
@@ -135,7 +138,7 @@ def scored_logps(
 
 
 SCORER_INPUTS = ("input_ids", "completion_mask", "attention_mask", "position_ids", "segment_ids",
-                 "source_index", "slots")
+                 "context_ids", "source_index", "slots")
 
 
 def token_logps(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -171,7 +174,7 @@ class CompletionScorer(nn.Module):
     def forward(self, input_ids: torch.Tensor, completion_mask: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 **shared_prefix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Plain rows (`attention_mask`) or shared-prefix rows (`position_ids`, `segment_ids`,
-        `source_index`, `slots` from `collate_shared_prefix`)."""
+        `context_ids`, `source_index`, `slots` from `collate_shared_prefix`)."""
         if shared_prefix:
             scores = shared_prefix_logps(self.model, input_ids, completion_mask=completion_mask,
                                          head_chunk=self.head_chunk, **shared_prefix)
@@ -180,10 +183,15 @@ class CompletionScorer(nn.Module):
         return scores.sum, scores.count
 
 
-def pair_logps(scorer: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[SequenceLogps, SequenceLogps]:
-    """Chosen and rejected completions scored in one forward of a `CompletionScorer`, from a batch of
-    `collate_pairs` (chosen rows first) or `collate_shared_prefix`."""
+def grouped_logps(scorer: nn.Module, batch: dict[str, torch.Tensor], per_prompt: int) -> list[SequenceLogps]:
+    """The `per_prompt` completions of each example scored in one forward of a `CompletionScorer`: element
+    k holds completion k of every example (from `collate_shared_prefix`, or `collate_pairs` for pairs)."""
     inputs = {key: batch[key] for key in SCORER_INPUTS if key in batch}
     sums, counts = scorer(**inputs)
-    half = sums.size(0) // 2
-    return SequenceLogps(sums[:half], counts[:half]), SequenceLogps(sums[half:], counts[half:])
+    return [SequenceLogps(s, c) for s, c in zip(sums.chunk(per_prompt), counts.chunk(per_prompt))]
+
+
+def pair_logps(scorer: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[SequenceLogps, SequenceLogps]:
+    """Chosen and rejected log-probs of a batch of pairs, in one forward."""
+    chosen, rejected = grouped_logps(scorer, batch, 2)
+    return chosen, rejected

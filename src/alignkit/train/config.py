@@ -72,6 +72,8 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: str = "no"  # "no" (fp32) or "bf16" (autocast)
     prefix_sharing: bool = True  # one row [prompt | chosen | rejected] per pair where attention allows it
+    packing: bool = True  # with prefix sharing: several pairs per row (first-fit), less padding
+    pack_row_tokens: Optional[int] = None  # packed row size; None: the micro-batch's longest pair (never wider)
     activation_checkpointing: bool = False  # recompute layer activations in backward: less memory, more time
     lm_head_chunk: Optional[int] = None  # apply the LM head to this many completion tokens at a time
     save_every: Optional[int] = None  # checkpoint every N optimizer steps (always at the end)
@@ -110,6 +112,7 @@ def validate(config: TrainConfig) -> None:
         (config.data.max_prompt_length < config.data.max_length, "data.max_prompt_length must be < data.max_length"),
         (config.save_every is None or config.save_every >= 1, "save_every must be >= 1"),
         (config.lm_head_chunk is None or config.lm_head_chunk >= 1, "lm_head_chunk must be >= 1"),
+        (config.pack_row_tokens is None or config.pack_row_tokens >= 1, "pack_row_tokens must be >= 1"),
     ]
     for ok, message in checks:
         if not ok:
