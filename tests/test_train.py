@@ -114,6 +114,36 @@ def test_online_reference_equals_precomputed(tmp_path, base_overrides):
     assert_same_params(final_params(cached), final_params(online), atol=1e-6)
 
 
+def test_separate_reference_model_is_not_loaded_when_cached(tmp_path, base_overrides, smol_tokenizer, monkeypatch):
+    """reference.model: fingerprinted from its files; on a cache hit it is never loaded (no memory for it)."""
+    from conftest import tiny_llama
+
+    from alignkit.train import references
+
+    reference_dir = tmp_path / "reference"
+    tiny_llama(vocab_size=len(smol_tokenizer), seed=7).save_pretrained(reference_dir)
+    smol_tokenizer.save_pretrained(reference_dir)
+    settings = base_overrides + ["batch_size=4", "max_steps=1", f"reference.model={reference_dir}"]
+    loaded: list[str] = []
+    real_load = references.load
+    monkeypatch.setattr(references, "load", lambda name: loaded.append(str(name)) or real_load(name))
+
+    first = train(load_config(None, settings + [f"output_dir={tmp_path / 'one'}"]))
+    assert loaded == [str(reference_dir)]
+    second = train(load_config(None, settings + [f"output_dir={tmp_path / 'two'}"]))
+    assert loaded == [str(reference_dir)]  # the second run read the cache and never loaded the reference
+    assert second.metrics["loss"] == first.metrics["loss"]
+    online = train(load_config(None, settings + ["reference.precompute=false", f"output_dir={tmp_path / 'three'}"]))
+    assert online.metrics["loss"] == pytest.approx(first.metrics["loss"], abs=1e-6)
+    assert first.metrics["loss"] != pytest.approx(math.log(2), abs=1e-3)  # a reference other than the policy
+
+    # Other reference weights in the same folder: other files, other fingerprint, recomputed.
+    tiny_llama(vocab_size=len(smol_tokenizer), seed=8).save_pretrained(reference_dir)
+    changed = train(load_config(None, settings + [f"output_dir={tmp_path / 'four'}"]))
+    assert loaded[-1] == str(reference_dir) and len(loaded) == 3
+    assert changed.metrics["loss"] != pytest.approx(first.metrics["loss"], abs=1e-6)
+
+
 def test_reference_cache_is_reused_and_invalidated(tmp_path, base_overrides, monkeypatch):
     settings = base_overrides + ["batch_size=4", "max_steps=1"]
     train(load_config(None, settings + [f"output_dir={tmp_path / 'one'}"]))

@@ -51,17 +51,29 @@ def cache_root() -> Path:
 
 def load(name_or_path: str | os.PathLike, *, dtype: torch.dtype = torch.float32) -> Loaded:
     """Load a causal LM and its tokenizer (with chat template) from a name, folder, GGUF file or hub id."""
+    path = resolve(name_or_path)
+    return _load_gguf(path, dtype) if path.is_file() else _load_folder(path, dtype)
+
+
+def resolve(name_or_path: str | os.PathLike) -> Path:
+    """The local folder or `.gguf` file a model name stands for, without loading the weights.
+
+    Built-in names give their cached safetensors folder (de-quantized on first use); hub ids give the
+    local snapshot (downloaded if needed and reachable).
+    """
     name = str(name_or_path)
     if name.lower() in BUILTIN_MODELS:
-        return _load_folder(_builtin_folder(name.lower()), dtype)
+        return _builtin_folder(name.lower())
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return _load_gguf(path, dtype)
+        return path
     if path.is_dir():
-        return _load_folder(path, dtype)
+        if not (path / "config.json").exists():
+            raise ModelLoadError(f"{path}: no config.json; not a Hugging Face model folder")
+        return path
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelLoadError(f"{name}: not a model folder or .gguf file")
-    return _load_hub(name, dtype)
+    return _hub_folder(name)
 
 
 def _load_folder(folder: Path, dtype: torch.dtype) -> Loaded:
@@ -80,7 +92,7 @@ def _load_gguf(file: Path, dtype: torch.dtype) -> Loaded:
     return Loaded(model, _with_pad_token(tokenizer), str(file))
 
 
-def _load_hub(repo_id: str, dtype: torch.dtype) -> Loaded:
+def _hub_folder(repo_id: str) -> Path:
     """Hub ids: the local HF cache first, then the hub, but only after a 3-second reachability probe.
 
     Files are fetched with `snapshot_download` and loaded as a local folder, so transformers never
@@ -91,8 +103,10 @@ def _load_hub(repo_id: str, dtype: torch.dtype) -> Loaded:
 
     patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.py"]
     try:
-        return _load_folder(Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)), dtype)
-    except (LocalEntryNotFoundError, ModelLoadError):
+        folder = Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+        if (folder / "config.json").exists():
+            return folder
+    except LocalEntryNotFoundError:
         pass
     if not _hub_reachable():
         raise ModelLoadError(
@@ -100,10 +114,9 @@ def _load_hub(repo_id: str, dtype: torch.dtype) -> Loaded:
             f"Pass a local model folder, a .gguf file, or the built-in name '{DEFAULT_MODEL}'."
         )
     try:
-        folder = Path(snapshot_download(repo_id, allow_patterns=patterns))
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except (HfHubHTTPError, OSError) as err:
         raise ModelLoadError(f"{repo_id}: the Hugging Face hub could not provide it: {err}") from err
-    return _load_folder(folder, dtype)
 
 
 def _hub_reachable(timeout_s: float = 3.0) -> bool:

@@ -35,6 +35,24 @@ def weights_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+WEIGHT_FILE_PATTERNS = ("config.json", "*.safetensors", "*.bin", "*.gguf")
+
+
+def files_fingerprint(path: Path) -> str:
+    """sha256 over the config and weight files of a model folder (or one `.gguf` file), names and bytes.
+
+    Lets a cached reference be recognised without loading the model: the weights are the files.
+    """
+    files = [path] if path.is_file() else sorted({f for pattern in WEIGHT_FILE_PATTERNS for f in path.glob(pattern)})
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.name}|{file.stat().st_size}".encode())
+        with file.open("rb") as handle:
+            while block := handle.read(1 << 22):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def reference_fingerprint(*, weights: str, data: str, template: str, settings: dict) -> str:
     payload = json.dumps(
         {"weights": weights, "data": data, "template": template, "settings": settings, "version": SCORING_VERSION},

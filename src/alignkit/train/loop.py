@@ -99,10 +99,12 @@ def load_pairs(config: TrainConfig, tokenizer) -> list[TokenizedPair]:
 
 
 def batch_layout(config: TrainConfig, model: nn.Module, pad_token_id: int) -> Collate:
-    """Prefix sharing (one row per pair, the prompt computed once) where the model's attention takes a
-    block mask; otherwise, or when switched off, the plain layout of two rows per pair."""
+    """Prefix sharing (one row per pair, the prompt computed once; with `packing`, several pairs per row)
+    where the model's attention takes a block mask; otherwise, or when switched off, the plain layout of
+    two rows per pair."""
     if config.prefix_sharing and accepts_block_mask(model):
-        return functools.partial(collate_shared_prefix, pad_token_id=pad_token_id)
+        return functools.partial(collate_shared_prefix, pad_token_id=pad_token_id, pack=config.packing,
+                                 row_tokens=config.pack_row_tokens)
     if config.prefix_sharing:
         log.warning("prefix sharing needs sdpa or eager attention, the model uses %r: scoring chosen and "
                     "rejected in separate rows instead", getattr(model.config, "_attn_implementation", None))
@@ -205,7 +207,7 @@ def start_run(config: TrainConfig, *, resume: bool = False,
     model, tokenizer = loaded.model, loaded.tokenizer
     disable_dropout(model)
     if config.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     pairs = list(pairs) if pairs is not None else load_pairs(config, tokenizer)
     policy_fingerprint = weights_fingerprint(model) if objective.needs_reference else ""
     if config.model.lora is not None:

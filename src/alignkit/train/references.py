@@ -11,15 +11,15 @@ import torch
 from torch import nn
 
 from alignkit.data import TokenizedPair, template_fingerprint
-from alignkit.models import load
+from alignkit.models import load, resolve
 from alignkit.models.loading import cache_root
 from alignkit.models.logprobs import CompletionScorer, pair_logps
 from alignkit.models.reference import (
     ReferenceLogpsCache,
+    files_fingerprint,
     frozen_copy,
     policy_as_reference,
     reference_fingerprint,
-    weights_fingerprint,
 )
 from alignkit.train.config import TrainConfig
 
@@ -77,11 +77,12 @@ def precompute_reference(config: TrainConfig, policy: nn.Module, tokenizer, pair
                          policy_fingerprint: str, collate: Collate, device: torch.device) -> dict[str, torch.Tensor]:
     """Reference log-probs of every pair, read from the on-disk cache when the fingerprint matches.
 
-    Must run before the first optimizer step when the reference is the policy itself.
+    A separate reference model (`reference.model`) is fingerprinted from its files and only loaded when
+    the cache misses. Must run before the first optimizer step when the reference is the policy itself.
     """
-    external = external_reference(config, device)
+    external = config.reference.model
     fingerprint = reference_fingerprint(
-        weights=weights_fingerprint(external) if external is not None else policy_fingerprint,
+        weights=files_fingerprint(resolve(external)) if external is not None else policy_fingerprint,
         data=data_fingerprint(pairs),
         template=template_fingerprint(tokenizer),
         settings={"max_length": config.data.max_length, "max_prompt_length": config.data.max_prompt_length,
@@ -89,10 +90,11 @@ def precompute_reference(config: TrainConfig, policy: nn.Module, tokenizer, pair
     )
     cache = ReferenceLogpsCache(cache_root() / "reference_logps")
     if config.reference.cache and (cached := cache.load(fingerprint)) is not None:
-        log.info("reference log-probs: reused %s", cache.path(fingerprint))
+        log.info("reference log-probs: reused %s (reference model not loaded)", cache.path(fingerprint))
         return cached
     log.info("reference log-probs: computing for %d pairs", len(pairs))
-    with contextlib.nullcontext(external) if external is not None else policy_as_reference(policy) as reference:
+    model = external_reference(config, device)
+    with contextlib.nullcontext(model) if model is not None else policy_as_reference(policy) as reference:
         scores = score_pairs(reference, pairs, collate, config.batch_size, device, config.lm_head_chunk)
     if config.reference.cache:
         log.info("reference log-probs: cached at %s", cache.save(fingerprint, scores))
