@@ -54,6 +54,7 @@ class OptimSettings:
     warmup_steps: int = 0
     schedule: str = "linear"  # any transformers scheduler name: linear, cosine, constant_with_warmup, ...
     max_grad_norm: Optional[float] = 1.0
+    fused: bool = True  # fused AdamW kernel (as transformers' default): no foreach temporaries, ~0.5 GB less peak at 135M
 
 
 @dataclass

@@ -228,8 +228,9 @@ def start_run(config: TrainConfig, *, resume: bool = False,
                      epochs=config.epochs, max_steps=config.max_steps, seed=config.seed,
                      world_size=accelerator.num_processes, rank=accelerator.process_index)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.optim.lr, betas=tuple(config.optim.betas),
-                                  eps=config.optim.eps, weight_decay=config.optim.weight_decay)
+    optim = config.optim
+    optimizer = torch.optim.AdamW(trainable, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
+                                  weight_decay=optim.weight_decay, fused=optim.fused)
     scheduler = get_scheduler(config.optim.schedule, optimizer, num_warmup_steps=config.optim.warmup_steps,
                               num_training_steps=plan.total_steps)
     # The scheduler is stepped by hand: accelerate's wrapper would step it once per process.
