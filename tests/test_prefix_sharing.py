@@ -8,6 +8,7 @@ import torch
 from conftest import CONVERSATIONAL_EXAMPLES, tiny_llama
 
 from alignkit.data import TokenizedPair, collate_pairs, collate_shared_prefix, tokenize_preferences
+from alignkit.data.tokenization import TokenizedExample
 from alignkit.data.collation import pack_rows
 from alignkit.models.logprobs import CompletionScorer, completion_logps, grouped_logps, pair_logps
 
@@ -91,15 +92,11 @@ def test_list_layout_equals_each_completion_scored_alone(smol_tokenizer):
     model = tiny_llama(vocab_size=len(smol_tokenizer), initializer_range=0.3)
     pairs, _ = tokenize_preferences(CONVERSATIONAL_EXAMPLES, smol_tokenizer)
 
-    class Listed(TokenizedPair):
-        @property
-        def completions(self):
-            return self.chosen_ids, self.rejected_ids, self.chosen_ids[::-1]
-
-    lists = [Listed(p.prompt_ids, p.chosen_ids, p.rejected_ids, p.index, p.where) for p in pairs]
+    lists = [TokenizedExample(((p.prompt_ids, (p.chosen_ids, p.rejected_ids, p.chosen_ids[::-1])),),
+                              (("ranked", 3),), p.index, p.where) for p in pairs]
     shared = _scores_and_grads(model, collate_shared_prefix(lists, smol_tokenizer.pad_token_id, pack=True), 3)
 
-    rows = [(e.prompt_ids, c) for k in range(3) for e in lists for c in [e.completions[k]]]
+    rows = [(e.groups[0][0], e.groups[0][1][k]) for k in range(3) for e in lists]
     width = max(len(p) + len(c) for p, c in rows)
     input_ids = torch.zeros(len(rows), width, dtype=torch.long)
     attention = torch.zeros(len(rows), width, dtype=torch.long)

@@ -153,7 +153,7 @@ def test_reference_cache_is_reused_and_invalidated(tmp_path, base_overrides, mon
     def must_not_score(*args, **kwargs):
         raise AssertionError("reference log-probs recomputed although cached")
 
-    monkeypatch.setattr("alignkit.train.references.score_pairs", must_not_score)
+    monkeypatch.setattr("alignkit.train.references.score_examples", must_not_score)
     train(load_config(None, settings + [f"output_dir={tmp_path / 'two'}"]))
     monkeypatch.undo()
     monkeypatch.setenv("ALIGNKIT_CACHE", str(tmp_path / "cache"))

@@ -7,43 +7,61 @@ from typing import Protocol
 
 import torch
 
-from alignkit.data.tokenization import TokenizedPair
 
 
-def collate_pairs(pairs: Sequence[TokenizedPair], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Stack B pairs into 2B right-padded rows: rows ``0..B-1`` are prompt + chosen, rows ``B..2B-1``
-    prompt + rejected (same order).
+def collate_pairs(examples: Sequence[Grouped], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """The plain layout: one right-padded row per (prompt, completion). With K completions per example
+    (a pair: chosen, rejected), rows k·B .. k·B + B − 1 hold completion k of examples 0 .. B − 1.
 
-    Returns ``input_ids`` (long, [2B, T], padded with ``pad_token_id``), ``attention_mask`` (long,
+    Returns ``input_ids`` (long, [K·B, T], padded with ``pad_token_id``), ``attention_mask`` (long,
     1 on real tokens), ``completion_mask`` (bool, True exactly on completion tokens, the ones that get
-    scored) and ``index`` (long, [B], each pair's ``index``). T is the longest row.
+    scored), ``index`` (long, [B], each example's ``index``) and, where the examples have them,
+    ``labels`` ([B]) and ``scores`` ([B, m]). T is the longest row.
     """
-    if not pairs:
-        raise ValueError("collate_pairs needs at least one pair")
-    rows = [(pair.prompt_ids, pair.chosen_ids) for pair in pairs]
-    rows += [(pair.prompt_ids, pair.rejected_ids) for pair in pairs]
+    if not examples:
+        raise ValueError("collate_pairs needs at least one example")
+    per_example = [[(prompt, completion) for prompt, completions in e.groups for completion in completions]
+                   for e in examples]
+    _check_same_count(per_example)
+    rows = [sequences[k] for k in range(len(per_example[0])) for sequences in per_example]
     width = max(len(prompt) + len(completion) for prompt, completion in rows)
     input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
     completion_mask = torch.zeros((len(rows), width), dtype=torch.bool)
     for row, (prompt, completion) in enumerate(rows):
         length = len(prompt) + len(completion)
-        input_ids[row, :length] = torch.tensor(prompt + completion, dtype=torch.long)
+        input_ids[row, :length] = torch.tensor(tuple(prompt) + tuple(completion), dtype=torch.long)
         attention_mask[row, :length] = 1
         completion_mask[row, len(prompt):length] = True
-    index = torch.tensor([pair.index for pair in pairs], dtype=torch.long)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask,
-            "index": index}
+            **_example_fields(examples)}
 
 
-class PromptCompletions(Protocol):
-    """One prompt and the completions scored against it (a pair: chosen, rejected)."""
+def _check_same_count(per_example: list[list]) -> None:
+    counts = {len(sequences) for sequences in per_example}
+    if len(counts) != 1:
+        raise ValueError(f"every example needs the same number of completions, got {sorted(counts)}")
 
-    prompt_ids: Sequence[int]
+
+def _example_fields(examples: Sequence[Grouped]) -> dict[str, torch.Tensor]:
+    fields = {"index": torch.tensor([example.index for example in examples], dtype=torch.long)}
+    labels = [getattr(example, "label", None) for example in examples]
+    if all(label is not None for label in labels):
+        fields["labels"] = torch.tensor(labels, dtype=torch.float32)
+    scores = [tuple(getattr(example, "scores", ())) for example in examples]
+    if scores[0]:
+        fields["scores"] = torch.tensor(scores, dtype=torch.float32)
+    return fields
+
+
+class Grouped(Protocol):
+    """An example as `groups` of (prompt ids, completion ids): a pair is one group of two completions;
+    JPO's two answers to different prompts are two groups of one (`alignkit.data.TokenizedExample`)."""
+
     index: int
 
     @property
-    def completions(self) -> tuple[Sequence[int], ...]: ...
+    def groups(self) -> tuple[tuple[Sequence[int], tuple[Sequence[int], ...]], ...]: ...
 
 
 def pack_rows(lengths: Sequence[int], capacity: int | None = None) -> list[list[int]]:
@@ -68,14 +86,15 @@ def pack_rows(lengths: Sequence[int], capacity: int | None = None) -> list[list[
 
 
 def collate_shared_prefix(
-    examples: Sequence[PromptCompletions],
+    examples: Sequence[Grouped],
     pad_token_id: int,
     pack: bool = False,
     row_tokens: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Lay out B examples of K completions each as rows `[prompt | c_1 | … | c_K]`: the prompt is computed
-    once for all its completions. With `pack`, several examples share a row (`pack_rows`, at most
-    `row_tokens` tokens a row), so short examples fill the room that padding would take.
+    once for all its completions (an example with several prompts puts each with its own completions).
+    With `pack`, several examples share a row (`pack_rows`, at most `row_tokens` tokens a row), so short
+    examples fill the room that padding would take.
 
     Returns, all [rows, T] unless noted:
 
@@ -89,19 +108,18 @@ def collate_shared_prefix(
       first token); ``slots``: the sequence a scored token counts towards, k·B + b for completion k of
       example b (-1 elsewhere), so the output has the K·B sequences of `collate_pairs` in its order;
     * ``index`` (long, [B]): each example's ``index``; ``sequence_tokens`` (scalar): the tokens the
-      batch would have as K·B separate sequences (prompt + completion each), for throughput numbers.
+      batch would have as K·B separate sequences (prompt + completion each), for throughput numbers;
+      ``labels`` and ``scores`` where the examples have them.
     """
     if not examples:
         raise ValueError("collate_shared_prefix needs at least one example")
-    per_prompt = {len(example.completions) for example in examples}
-    if len(per_prompt) != 1:
-        raise ValueError(f"every example needs the same number of completions, got {sorted(per_prompt)}")
-    if any(not example.prompt_ids for example in examples):
+    _check_same_count([[c for _, cs in e.groups for c in cs] for e in examples])
+    if any(not prompt for e in examples for prompt, _ in e.groups):
         raise ValueError("a prompt is empty: its completions' first tokens have nothing to be scored from")
-    if any(not completion for example in examples for completion in example.completions):
+    if any(not completion for e in examples for _, cs in e.groups for completion in cs):
         raise ValueError("a completion is empty: there is nothing to score")
     batch = len(examples)
-    lengths = [len(e.prompt_ids) + sum(len(c) for c in e.completions) for e in examples]
+    lengths = [sum(len(prompt) + sum(len(c) for c in cs) for prompt, cs in e.groups) for e in examples]
     rows = pack_rows(lengths, row_tokens) if pack else [[b] for b in range(batch)]
     width = max(sum(lengths[b] for b in row) for row in rows)
     shape = (len(rows), width)
@@ -116,35 +134,35 @@ def collate_shared_prefix(
         cursor, segment = 0, 0
         for b in members:
             cursor, segment = _place_example(tensors, row, cursor, segment, examples[b], b, batch)
-    prompts = sum(len(e.prompt_ids) * len(e.completions) for e in examples)
-    completions = sum(len(c) for e in examples for c in e.completions)
-    tensors["index"] = torch.tensor([example.index for example in examples], dtype=torch.long)
-    tensors["sequence_tokens"] = torch.tensor(prompts + completions)
-    return tensors
+    tensors["sequence_tokens"] = torch.tensor(sum(len(prompt) + len(c) for e in examples
+                                                  for prompt, cs in e.groups for c in cs))
+    return {**tensors, **_example_fields(examples)}
 
 
 def _place_example(tensors: dict[str, torch.Tensor], row: int, cursor: int, segment: int,
-                   example: PromptCompletions, b: int, batch: int) -> tuple[int, int]:
-    """Write example b (prompt, then each completion) into `row` from `cursor`; return the next cursor
-    and segment number."""
-    prompt = len(example.prompt_ids)
-    span = slice(cursor, cursor + prompt)
-    tensors["input_ids"][row, span] = torch.tensor(example.prompt_ids)
-    tensors["position_ids"][row, span] = torch.arange(prompt)
-    tensors["segment_ids"][row, span] = tensors["context_ids"][row, span] = segment
-    prompt_segment, last_prompt_token = segment, cursor + prompt - 1
-    cursor, segment = cursor + prompt, segment + 1
-    for k, completion in enumerate(example.completions):
-        span = slice(cursor, cursor + len(completion))
-        tensors["input_ids"][row, span] = torch.tensor(completion)
-        tensors["position_ids"][row, span] = torch.arange(prompt, prompt + len(completion))
-        tensors["segment_ids"][row, span] = segment
-        tensors["context_ids"][row, span] = prompt_segment
-        tensors["completion_mask"][row, span] = True
-        tensors["source_index"][row, span] = torch.arange(cursor - 1, span.stop - 1)
-        tensors["source_index"][row, cursor] = last_prompt_token
-        tensors["slots"][row, span] = k * batch + b
-        cursor, segment = span.stop, segment + 1
+                   example: Grouped, b: int, batch: int) -> tuple[int, int]:
+    """Write example b (each prompt, then its completions) into `row` from `cursor`; return the next
+    cursor and segment number."""
+    k = 0
+    for prompt_ids, completions in example.groups:
+        prompt = len(prompt_ids)
+        span = slice(cursor, cursor + prompt)
+        tensors["input_ids"][row, span] = torch.tensor(tuple(prompt_ids))
+        tensors["position_ids"][row, span] = torch.arange(prompt)
+        tensors["segment_ids"][row, span] = tensors["context_ids"][row, span] = segment
+        prompt_segment, last_prompt_token = segment, cursor + prompt - 1
+        cursor, segment = cursor + prompt, segment + 1
+        for completion in completions:
+            span = slice(cursor, cursor + len(completion))
+            tensors["input_ids"][row, span] = torch.tensor(tuple(completion))
+            tensors["position_ids"][row, span] = torch.arange(prompt, prompt + len(completion))
+            tensors["segment_ids"][row, span] = segment
+            tensors["context_ids"][row, span] = prompt_segment
+            tensors["completion_mask"][row, span] = True
+            tensors["source_index"][row, span] = torch.arange(cursor - 1, span.stop - 1)
+            tensors["source_index"][row, cursor] = last_prompt_token
+            tensors["slots"][row, span] = k * batch + b
+            cursor, segment, k = span.stop, segment + 1, k + 1
     return cursor, segment
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from alignkit.data.errors import raise_if_any
+from alignkit.data.examples import Example
 from alignkit.data.preferences import PreferenceExample
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,26 @@ class TokenizedPair:
     @property
     def completions(self) -> tuple[Ids, Ids]:
         return self.chosen_ids, self.rejected_ids
+
+    @property
+    def groups(self) -> tuple[tuple[Ids, tuple[Ids, ...]], ...]:
+        return ((self.prompt_ids, (self.chosen_ids, self.rejected_ids)),)
+
+    slots: tuple[tuple[str, int], ...] = (("chosen", 1), ("rejected", 1))
+    label: float | None = None
+    scores: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class TokenizedExample:
+    """Token ids of one example of any format: `groups` of (prompt ids, completion ids in slot order)."""
+
+    groups: tuple[tuple[Ids, tuple[Ids, ...]], ...]
+    slots: tuple[tuple[str, int], ...]
+    index: int
+    where: str
+    label: float | None = None
+    scores: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -119,6 +140,38 @@ def tokenize_preferences(
     return pairs, report
 
 
+def tokenize_examples(
+    examples: Sequence[Example], tokenizer: Any, truncation: TruncationConfig = TruncationConfig()
+) -> tuple[list[TokenizedExample], TruncationReport]:
+    """`tokenize_preferences` for rows of any format (`alignkit.data.examples`): each group's prompt and
+    completions are tokenized and fitted to the limits as a pair would be; an example is dropped whole."""
+    if any(example.conversational for example in examples) and not tokenizer.chat_template:
+        raise ValueError("the data is conversational (message lists) but the tokenizer has no chat template")
+    tokenized, problems = [], []
+    for index, example in enumerate(examples):
+        try:
+            groups = tuple(_tokenize_group(prompt, completions, tokenizer) for prompt, completions in example.groups)
+        except _TokenizeProblem as problem:
+            problems.append(f"{example.where}, {problem}")
+            continue
+        tokenized.append(TokenizedExample(groups, example.slots, index, example.where, example.label, example.scores))
+    raise_if_any(problems)
+    kept, prompts_cut, completions_cut, dropped = [], 0, 0, 0
+    for example in tokenized:
+        fitted = [_fit_group(prompt, completions, truncation) for prompt, completions in example.groups]
+        if any(group is None for group in fitted):
+            dropped += 1
+            continue
+        prompts_cut += any(len(f[0]) < len(g[0]) for f, g in zip(fitted, example.groups))
+        completions_cut += any(tuple(map(len, f[1])) != tuple(map(len, g[1])) for f, g in zip(fitted, example.groups))
+        kept.append(TokenizedExample(tuple(fitted), example.slots, example.index, example.where, example.label,
+                                     example.scores))
+    report = TruncationReport(prompts_cut, completions_cut, dropped, len(examples))
+    if report.changed:
+        logger.warning("over-long examples (%s): %s", truncation.overlong, report.summary())
+    return kept, report
+
+
 class _TokenizeProblem(Exception):
     """Why one example cannot be tokenized (internal; collected into a DataError)."""
 
@@ -136,35 +189,54 @@ def _render(tokenizer: Any, messages: list, generation_prompt: bool) -> list[int
 
 def _tokenize_example(example: PreferenceExample, index: int, tokenizer: Any) -> TokenizedPair:
     """Prompt and completion ids of one example (untruncated)."""
-    if example.conversational:
-        prompt_ids = _render(tokenizer, example.prompt, generation_prompt=True)
-        completions = []
-        for field in ("chosen", "rejected"):
-            full = _render(tokenizer, example.prompt + getattr(example, field), generation_prompt=False)
+    prompt_ids, (chosen, rejected) = _tokenize_group(example.prompt, (example.chosen, example.rejected), tokenizer,
+                                                     fields=("chosen", "rejected"))
+    return TokenizedPair(prompt_ids, chosen, rejected, index, example.where)
+
+
+def _tokenize_group(prompt: Any, completions: Sequence[Any], tokenizer: Any,
+                    fields: Sequence[str] | None = None) -> tuple[Ids, tuple[Ids, ...]]:
+    """Prompt ids and each completion's ids (untruncated); `fields` name the completions in errors."""
+    fields = fields or [f"completion {number}" for number in range(1, len(completions) + 1)]
+    if isinstance(prompt, list):
+        prompt_ids = _render(tokenizer, prompt, generation_prompt=True)
+        ids = []
+        for field, completion in zip(fields, completions):
+            full = _render(tokenizer, prompt + completion, generation_prompt=False)
             if full[: len(prompt_ids)] != prompt_ids:
                 raise _TokenizeProblem(
                     f"field '{field}': the chat template is not prefix-stable: the prompt rendered with the "
                     "generation prompt is not a prefix of prompt + completion, so completion tokens cannot be "
                     "separated")
-            completions.append(full[len(prompt_ids):])
+            ids.append(full[len(prompt_ids):])
     else:
-        prompt_ids = _encode(tokenizer, example.prompt, special_tokens=True)
+        prompt_ids = _encode(tokenizer, prompt, special_tokens=True)
         eos = tokenizer.eos_token_id
         if eos is None:
             raise _TokenizeProblem("the tokenizer has no EOS token to end standard-text completions")
-        completions = [_encode(tokenizer, getattr(example, field), special_tokens=False) + [eos]
-                       for field in ("chosen", "rejected")]
+        ids = [_encode(tokenizer, completion, special_tokens=False) + [eos] for completion in completions]
     if not prompt_ids:
         raise _TokenizeProblem("field 'prompt': the prompt is empty and the tokenizer adds no BOS token; "
                                "every sequence needs at least one prompt token")
-    return TokenizedPair(tuple(prompt_ids), tuple(completions[0]), tuple(completions[1]), index, example.where)
+    return tuple(prompt_ids), tuple(tuple(completion) for completion in ids)
 
 
 def _fit(pair: TokenizedPair, config: TruncationConfig) -> TokenizedPair | None:
     """The pair within the limits (see TruncationConfig), or None if it is over-long and dropped."""
-    prompt, longest = len(pair.prompt_ids), max(len(pair.chosen_ids), len(pair.rejected_ids))
+    fitted = _fit_group(pair.prompt_ids, (pair.chosen_ids, pair.rejected_ids), config)
+    if fitted is None:
+        return None
+    prompt, (chosen, rejected) = fitted
+    return TokenizedPair(prompt_ids=prompt, chosen_ids=chosen, rejected_ids=rejected, index=pair.index,
+                         where=pair.where)
+
+
+def _fit_group(prompt_ids: Ids, completions: tuple[Ids, ...],
+               config: TruncationConfig) -> tuple[Ids, tuple[Ids, ...]] | None:
+    """A prompt and its completions within the limits (see TruncationConfig), or None if dropped."""
+    prompt, longest = len(prompt_ids), max(len(completion) for completion in completions)
     if prompt <= config.max_prompt_length and prompt + longest <= config.max_length:
-        return pair
+        return prompt_ids, completions
     if config.overlong == "drop":
         return None
     if config.max_length - longest >= 1:
@@ -173,13 +245,7 @@ def _fit(pair: TokenizedPair, config: TruncationConfig) -> TokenizedPair | None:
     else:
         keep = min(prompt, config.max_prompt_length)
         completion_room = config.max_length - keep
-    return TokenizedPair(
-        prompt_ids=pair.prompt_ids[prompt - keep:],
-        chosen_ids=pair.chosen_ids[:completion_room],
-        rejected_ids=pair.rejected_ids[:completion_room],
-        index=pair.index,
-        where=pair.where,
-    )
+    return prompt_ids[prompt - keep:], tuple(completion[:completion_room] for completion in completions)
 
 
 def template_fingerprint(tokenizer: Any) -> str:

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-SCORING_VERSION = "completion-logps/1"
+SCORING_VERSION = "completion-logps/2"  # [N, K] sums and counts
 
 
 def weights_fingerprint(model: nn.Module) -> str:

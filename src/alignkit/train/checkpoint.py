@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,6 +25,7 @@ CHECKPOINT_PREFIX = "step-"
 class TrainingState:
     step: int  # optimizer steps completed
     tokens_seen: int = 0
+    objective_state: dict = field(default_factory=dict)  # e.g. BCO's running reward mean
 
 
 def checkpoint_dir(output_dir: Path, step: int) -> Path:

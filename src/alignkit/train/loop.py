@@ -28,7 +28,7 @@ from transformers import get_scheduler
 
 from alignkit.data.builtin import resolve_source
 from alignkit.data import (
-    TokenizedPair,
+    DataError,
     TruncationConfig,
     collate_pairs,
     collate_shared_prefix,
@@ -36,10 +36,14 @@ from alignkit.data import (
     pair_tokens,
     tokenize_preferences,
 )
+from alignkit.data.collation import Grouped
+from alignkit.data.examples import FORMAT_FIELDS, load_examples
+from alignkit.data.tokenization import tokenize_examples
 from alignkit.models import load, save_model_atomically
-from alignkit.models.logprobs import CompletionScorer, SequenceLogps, accepts_block_mask, pair_logps
+from alignkit.models.logprobs import CompletionScorer, SequenceLogps, accepts_block_mask, grouped_logps
 from alignkit.models.reference import weights_fingerprint
 from alignkit.objectives import Objective, get
+from alignkit.objectives.registry import FORMATS
 from alignkit.train.checkpoint import (
     TrainingState,
     checkpoint_dir,
@@ -50,7 +54,7 @@ from alignkit.train.checkpoint import (
 from alignkit.train.config import ConfigError, TrainConfig, to_yaml
 from alignkit.train.metrics import MetricsLog
 from alignkit.train.plan import BatchPlan
-from alignkit.train.references import Collate, online_reference, precompute_reference
+from alignkit.train.references import Collate, completions_per_example, online_reference, precompute_reference
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +93,26 @@ def apply_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
     return get_peft_model(model, peft_config)
 
 
-def load_pairs(config: TrainConfig, tokenizer) -> list[TokenizedPair]:
+def load_training_examples(config: TrainConfig, tokenizer, objective: Objective) -> list[Grouped]:
+    """Rows of `config.data.train` in the objective's data format, tokenized and fitted to the limits.
+
+    A dataset of another format fails here, before any training, naming the format the objective needs.
+    """
     truncation = TruncationConfig(max_length=config.data.max_length, max_prompt_length=config.data.max_prompt_length,
                                   overlong=config.data.overlong)
-    pairs, _ = tokenize_preferences(load_preferences(resolve_source(config.data.train)), tokenizer, truncation)
-    if not pairs:
-        raise ConfigError(f"data.train: no usable pairs in {config.data.train}")
-    return pairs
+    source = resolve_source(config.data.train)
+    try:
+        if objective.data_format == "preference":
+            examples, _ = tokenize_preferences(load_preferences(source), tokenizer, truncation)
+        else:
+            rows = load_examples(source, objective.data_format, with_kl="kl" in objective.slots)
+            examples, _ = tokenize_examples(rows, tokenizer, truncation)
+    except DataError as err:
+        raise DataError(f"objective '{objective.name}' trains on '{objective.data_format}' data "
+                        f"({FORMAT_FIELDS[objective.data_format]}); {config.data.train}:\n{err}") from None
+    if not examples:
+        raise ConfigError(f"data.train: no usable examples in {config.data.train}")
+    return examples
 
 
 def batch_layout(config: TrainConfig, model: nn.Module, pad_token_id: int) -> Collate:
@@ -172,6 +189,8 @@ class TrainingRun:
         return TrainResult(output_dir=output_dir, final_dir=final_dir, steps=self.state.step, metrics=metrics)
 
     def _save(self) -> None:
+        if "state" in self.step_runner.params:
+            self.state.objective_state = self.step_runner.params["state"].state_dict()
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             save_checkpoint(Path(self.config.output_dir), self.model, self.tokenizer, self.optimizer, self.scheduler,
@@ -180,10 +199,10 @@ class TrainingRun:
 
 
 def start_run(config: TrainConfig, *, resume: bool = False,
-              pairs: Sequence[TokenizedPair] | None = None) -> TrainingRun:
+              pairs: Sequence[Grouped] | None = None) -> TrainingRun:
     """Load the model and data, precompute reference log-probs, build the optimizer; resume if asked.
 
-    `pairs` replaces `config.data.train` with already tokenized pairs (e.g. to feed two trainers the
+    `pairs` replaces `config.data.train` with already tokenized examples (e.g. to feed two trainers the
     same token ids).
     """
     if config.mixed_precision == "bf16":
@@ -208,7 +227,7 @@ def start_run(config: TrainConfig, *, resume: bool = False,
     disable_dropout(model)
     if config.activation_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    pairs = list(pairs) if pairs is not None else load_pairs(config, tokenizer)
+    pairs = list(pairs) if pairs is not None else load_training_examples(config, tokenizer, objective)
     policy_fingerprint = weights_fingerprint(model) if objective.needs_reference else ""
     if config.model.lora is not None:
         model = apply_lora(model, config)
@@ -238,8 +257,11 @@ def start_run(config: TrainConfig, *, resume: bool = False,
 
     state = TrainingState(step=0)
     checkpoint = latest_checkpoint(output_dir) if resume else None
+    objective_state = objective.state() if objective.state is not None else None
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, optimizer, scheduler)
+        if objective_state is not None:
+            objective_state.load_state_dict(state.objective_state)
         log.info("resumed from %s (step %d)", checkpoint, state.step)
     elif resume:
         log.warning("--resume: no checkpoint in %s; starting from step 0", output_dir)
@@ -248,6 +270,8 @@ def start_run(config: TrainConfig, *, resume: bool = False,
         (output_dir / "config.yaml").write_text(to_yaml(config))
     metrics_log = MetricsLog(output_dir, plan.total_steps, state.step, tensorboard=config.tensorboard,
                              progress=config.progress, enabled=accelerator.is_main_process)
+    if objective_state is not None:
+        params = {**params, "state": objective_state}
     step_runner = StepRunner(accelerator, scorer, objective, params, pairs, collate,
                              reference_scores, reference, trainable, config.optim.max_grad_norm)
     scorer.train()
@@ -259,10 +283,11 @@ class StepRunner:
     """Forward + backward of one optimizer step's micro-batches; returns the step's averaged metrics."""
 
     def __init__(self, accelerator: Accelerator, scorer: nn.Module, objective: Objective, params: dict,
-                 pairs: Sequence[TokenizedPair], collate: Collate, reference_scores: dict | None, reference,
+                 pairs: Sequence[Grouped], collate: Collate, reference_scores: dict | None, reference,
                  trainable: list[nn.Parameter], max_grad_norm: float | None):
         self.accelerator, self.scorer, self.objective, self.params = accelerator, scorer, objective, params
         self.pairs, self.collate = pairs, collate
+        self.slots, self.per_example = pairs[0].slots, completions_per_example(pairs)
         self.reference_scores, self.reference = reference_scores, reference
         self.trainable, self.max_grad_norm = trainable, max_grad_norm
 
@@ -287,23 +312,39 @@ class StepRunner:
         return self._average(totals, examples_in_step)
 
     def _losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        chosen, rejected = pair_logps(self.scorer, batch)
-        available = {"policy_chosen_logps": chosen, "policy_rejected_logps": rejected}
+        values = self._inputs("policy", grouped_logps(self.scorer, batch, self.per_example), with_lengths=True)
         if self.objective.needs_reference:
-            available["ref_chosen_logps"], available["ref_rejected_logps"] = self._reference(batch)
-        reduce = (lambda s: s.sum) if self.objective.logps == "sum" else (lambda s: s.mean)
-        values = {key: reduce(scores) for key, scores in available.items()}
-        values["chosen_lengths"], values["rejected_lengths"] = chosen.count, rejected.count
+            values.update(self._inputs("ref", self._reference(batch)))
+        values.update({field: batch[field] for field in ("labels", "scores") if field in batch})
+        missing = [name for name in self.objective.inputs if name not in values]
+        if missing:
+            raise DataError(f"objective '{self.objective.name}' needs {missing}, which this data does not provide")
         return self.objective.fn(*(values[name] for name in self.objective.inputs), **self.params)
 
-    def _reference(self, batch: dict[str, torch.Tensor]) -> tuple[SequenceLogps, SequenceLogps]:
+    def _inputs(self, model: str, completions: list[SequenceLogps], with_lengths: bool = False) -> dict:
+        """`{model}_{slot}_logps` ([B], or [B, M] for list slots) reduced as the objective declares, and
+        `{slot}_lengths`, from the K per-completion scores of a batch."""
+        kinds, values, k = dict(FORMATS[self.objective.data_format]), {}, 0
+        for slot, size in self.slots:
+            part, k = completions[k:k + size], k + size
+            if kinds[slot] == "one":
+                scores = part[0]
+            else:
+                scores = SequenceLogps(torch.stack([p.sum for p in part], 1), torch.stack([p.count for p in part], 1))
+            values[f"{model}_{slot}_logps"] = scores.sum if self.objective.logps == "sum" else scores.mean
+            if with_lengths:
+                values[f"{slot}_lengths"] = scores.count
+        return values
+
+    def _reference(self, batch: dict[str, torch.Tensor]) -> list[SequenceLogps]:
         if self.reference_scores is not None:
             rows = batch["position"]
-            pick = {key: value[rows].to(self.accelerator.device) for key, value in self.reference_scores.items()}
-            return (SequenceLogps(pick["chosen_sum"], pick["chosen_count"]),
-                    SequenceLogps(pick["rejected_sum"], pick["rejected_count"]))
+            sums = self.reference_scores["sums"][rows].to(self.accelerator.device)
+            counts = self.reference_scores["counts"][rows].to(self.accelerator.device)
+            return [SequenceLogps(sums[:, k], counts[:, k]) for k in range(self.per_example)]
         with self.reference() as reference, torch.no_grad():
-            return pair_logps(CompletionScorer(reference, self.accelerator.unwrap_model(self.scorer).head_chunk), batch)
+            scorer = CompletionScorer(reference, self.accelerator.unwrap_model(self.scorer).head_chunk)
+            return grouped_logps(scorer, batch, self.per_example)
 
     def _average(self, totals: dict[str, torch.Tensor], examples_in_step: int) -> dict[str, float]:
         grad_norm = totals.pop("grad_norm", None)

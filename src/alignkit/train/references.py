@@ -10,10 +10,11 @@ from typing import Callable, ContextManager, Sequence
 import torch
 from torch import nn
 
-from alignkit.data import TokenizedPair, template_fingerprint
+from alignkit.data import template_fingerprint
+from alignkit.data.collation import Grouped
 from alignkit.models import load, resolve
 from alignkit.models.loading import cache_root
-from alignkit.models.logprobs import CompletionScorer, pair_logps
+from alignkit.models.logprobs import CompletionScorer, grouped_logps
 from alignkit.models.reference import (
     ReferenceLogpsCache,
     files_fingerprint,
@@ -24,16 +25,21 @@ from alignkit.models.reference import (
 from alignkit.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
-Collate = Callable[[Sequence[TokenizedPair]], dict[str, torch.Tensor]]
-REFERENCE_KEYS = ("chosen_sum", "chosen_count", "rejected_sum", "rejected_count")
+Collate = Callable[[Sequence[Grouped]], dict[str, torch.Tensor]]
 
 
-def data_fingerprint(pairs: Sequence[TokenizedPair]) -> str:
+def completions_per_example(examples: Sequence[Grouped]) -> int:
+    return sum(len(completions) for _, completions in examples[0].groups)
+
+
+def data_fingerprint(examples: Sequence[Grouped]) -> str:
     digest = hashlib.sha256()
-    for pair in pairs:
-        for ids in (pair.prompt_ids, pair.chosen_ids, pair.rejected_ids):
-            digest.update(len(ids).to_bytes(4, "little"))
-            digest.update(torch.tensor(ids, dtype=torch.int64).numpy().tobytes())
+    for example in examples:
+        for prompt, completions in example.groups:
+            digest.update(len(completions).to_bytes(4, "little"))
+            for ids in (prompt, *completions):
+                digest.update(len(ids).to_bytes(4, "little"))
+                digest.update(torch.tensor(ids, dtype=torch.int64).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -60,20 +66,22 @@ def online_reference(config: TrainConfig, policy: nn.Module, device: torch.devic
 
 
 @torch.no_grad()
-def score_pairs(model: nn.Module, pairs: Sequence[TokenizedPair], collate: Collate, batch_size: int,
-                device: torch.device, head_chunk: int | None = None) -> dict[str, torch.Tensor]:
-    """Summed completion log-probs and token counts for every pair, in dataset order."""
-    parts: dict[str, list[torch.Tensor]] = {key: [] for key in REFERENCE_KEYS}
+def score_examples(model: nn.Module, examples: Sequence[Grouped], collate: Collate, batch_size: int,
+                   device: torch.device, head_chunk: int | None = None) -> dict[str, torch.Tensor]:
+    """Summed completion log-probs (`sums`) and token counts (`counts`), [N, K] in dataset order, for
+    the K completions of each example."""
+    per_example = completions_per_example(examples)
+    sums, counts = [], []
     scorer = CompletionScorer(model, head_chunk)
-    for start in range(0, len(pairs), batch_size):
-        batch = {k: v.to(device) for k, v in collate(pairs[start:start + batch_size]).items()}
-        chosen, rejected = pair_logps(scorer, batch)
-        for key, value in zip(REFERENCE_KEYS, (chosen.sum, chosen.count, rejected.sum, rejected.count)):
-            parts[key].append(value.float().cpu())
-    return {key: torch.cat(values) for key, values in parts.items()}
+    for start in range(0, len(examples), batch_size):
+        batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size]).items()}
+        scores = grouped_logps(scorer, batch, per_example)
+        sums.append(torch.stack([s.sum.float().cpu() for s in scores], 1))
+        counts.append(torch.stack([s.count.float().cpu() for s in scores], 1))
+    return {"sums": torch.cat(sums), "counts": torch.cat(counts)}
 
 
-def precompute_reference(config: TrainConfig, policy: nn.Module, tokenizer, pairs: Sequence[TokenizedPair],
+def precompute_reference(config: TrainConfig, policy: nn.Module, tokenizer, pairs: Sequence[Grouped],
                          policy_fingerprint: str, collate: Collate, device: torch.device) -> dict[str, torch.Tensor]:
     """Reference log-probs of every pair, read from the on-disk cache when the fingerprint matches.
 
@@ -92,10 +100,10 @@ def precompute_reference(config: TrainConfig, policy: nn.Module, tokenizer, pair
     if config.reference.cache and (cached := cache.load(fingerprint)) is not None:
         log.info("reference log-probs: reused %s (reference model not loaded)", cache.path(fingerprint))
         return cached
-    log.info("reference log-probs: computing for %d pairs", len(pairs))
+    log.info("reference log-probs: computing for %d examples", len(pairs))
     model = external_reference(config, device)
     with contextlib.nullcontext(model) if model is not None else policy_as_reference(policy) as reference:
-        scores = score_pairs(reference, pairs, collate, config.batch_size, device, config.lm_head_chunk)
+        scores = score_examples(reference, pairs, collate, config.batch_size, device, config.lm_head_chunk)
     if config.reference.cache:
         log.info("reference log-probs: cached at %s", cache.save(fingerprint, scores))
     return scores
