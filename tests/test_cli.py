@@ -8,6 +8,7 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from alignkit.cli.main import main
+from alignkit.objectives import available
 
 RECIPE = """\
 model:
@@ -76,7 +77,8 @@ def test_print_config_and_objectives(capsys):
     assert "batch_size: 7" in capsys.readouterr().out
     assert main(["objectives"]) == 0
     listing = capsys.readouterr().out
-    assert listing.startswith("dpo ") and "2305.18290" in listing
+    assert "\ndpo " in listing and "2305.18290" in listing
+    assert all(f"{objective.name} " in listing for objective in available())
 
 
 def test_help_lists_verbs(capsys):

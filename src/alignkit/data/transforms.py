@@ -70,6 +70,12 @@ def _apply(rows: Iterable[Row], change) -> list[dict]:
     return out
 
 
+def _field(data: Mapping, field: str) -> Any:
+    if data.get(field) is None:
+        raise _RowProblem(field, "missing")
+    return data[field]
+
+
 def _number(data: Mapping, field: str) -> float:
     """A finite number from `data[field]` (numeric strings, as CSV cells are, are accepted)."""
     value = data.get(field)
@@ -152,9 +158,7 @@ def reward_augment(rows: Iterable[Row], score_chosen_field: str = "score_chosen"
         try:
             if keep_if_ordered and _number(data, keep_if_ordered[0]) < _number(data, keep_if_ordered[1]):
                 continue
-            for field in ("chosen", "rejected"):
-                if data.get(field) is None:
-                    raise _RowProblem(field, "missing")
+            _field(data, "chosen"), _field(data, "rejected")
             copies = []
             for score_field, swap in ((score_chosen_field, False), (score_rejected_field, True)):
                 goal = _goal(data, score_field, scale_max)
@@ -164,7 +168,8 @@ def reward_augment(rows: Iterable[Row], score_chosen_field: str = "score_chosen"
                                                   nosys=nosys)
                 if swap:
                     row["chosen"], row["rejected"] = row["rejected"], row["chosen"]
-                    row[score_chosen_field], row[score_rejected_field] = data[score_rejected_field], data[score_chosen_field]
+                    row[score_chosen_field] = data[score_rejected_field]
+                    row[score_rejected_field] = data[score_chosen_field]
                 row["goal"] = _fmt(goal)
                 copies.append(row)
         except _RowProblem as problem:
@@ -182,12 +187,8 @@ def goal_condition(rows: Iterable[Row], inference_goal: float | None = None, *, 
     text = goal_text(scale_max if inference_goal is None else inference_goal, template, scale_max)
 
     def change(data: dict) -> None:
-        data[field] = condition_prompt(data.get(field) or _missing(field), text, field=field, nosys=nosys)
+        data[field] = condition_prompt(_field(data, field), text, field=field, nosys=nosys)
     return _apply(rows, change)
-
-
-def _missing(field: str):
-    raise _RowProblem(field, "missing")
 
 
 # ------------------------------------------------------------------------------ quality buckets (NoC)
@@ -226,7 +227,7 @@ def quality_text(level: int, k: int, style: Literal["token", "system"] = "token"
 def _put_level(data: dict, level: int, k: int, style: str, template: str | None, nosys: bool, field: str) -> None:
     text = quality_text(level, k, style, template)
     token = style == "token"  # a control token goes straight in front of the first user turn, no separator
-    data[field] = condition_prompt(data.get(field) or _missing(field), text, field=field, nosys=nosys or token,
+    data[field] = condition_prompt(_field(data, field), text, field=field, nosys=nosys or token,
                                    separator="" if token else SEPARATOR)
     data["quality_level"] = level
 
@@ -264,8 +265,14 @@ def quality_buckets(rows: Iterable[Row], score_field: str = "score", k: int = 8,
     empty = sorted(set(range(k)) - set(levels))
     if empty:
         log.warning("quality levels %s have no rows (%s bins)", empty, strategy)
-    out = _apply([Record(data, where) for data, where in records],
-                 lambda data: _put_level(data, levels.pop(0), k, style, template, nosys, field))
+    out = []
+    for (data, where), level in zip(records, levels):
+        try:
+            _put_level(data, level, k, style, template, nosys, field)
+            out.append(data)
+        except _RowProblem as problem:
+            problems.append(f"{where}, {problem}")
+    raise_if_any(problems)
     return out, edges
 
 
@@ -319,8 +326,8 @@ def direction_condition(rows: Iterable[Row], angle_degrees: float | None = None,
         raise ValueError("per-row angles define two weights; give two attributes")
 
     def change(data: dict) -> None:
-        ws = fixed or direction_weights(_number(data, angle_field))
-        data[field] = condition_prompt(data.get(field) or _missing(field), direction_text(ws, attributes, template),
+        ws = fixed if fixed is not None else direction_weights(_number(data, angle_field))
+        data[field] = condition_prompt(_field(data, field), direction_text(ws, attributes, template),
                                        field=field, nosys=nosys)
         data["direction"] = ws
     return _apply(rows, change)
