@@ -6,7 +6,8 @@ An objective declares one format (see `alignkit.objectives.registry.FORMATS`); i
 * ``preference``: ``prompt``, ``chosen``, ``rejected`` (TRL's preference format, implicit prompts too);
 * ``joint``: ``prompt_chosen``, ``chosen``, ``prompt_rejected``, ``rejected`` — the two answers may
   answer different prompts (JPO); rows with one ``prompt`` are the conditional special case;
-* ``unpaired``: ``prompt``, ``completion``, ``label`` (true = desirable; TRL's unpaired format);
+* ``unpaired``: ``prompt``, ``completion``, ``label`` (true = desirable; TRL's unpaired format) and
+  optionally ``scores`` (e.g. BCO's density-ratio weight from `alignkit.objectives.udm`);
 * ``negative``: ``prompt``, ``rejected`` (negatives only; all labels false);
 * ``list``: ``prompt``, ``chosen`` (one completion or a list), ``rejected`` (a list of M);
 * ``ranked``: ``prompt``, ``completions`` (a list, best first);
@@ -29,7 +30,7 @@ Content = Union[str, list]
 FORMAT_FIELDS = {
     "preference": "prompt, chosen, rejected",
     "joint": "prompt_chosen, chosen, prompt_rejected, rejected (or one prompt)",
-    "unpaired": "prompt, completion, label true/false",
+    "unpaired": "prompt, completion, label true/false, optional scores",
     "negative": "prompt, rejected",
     "list": "prompt, chosen (one or a list), rejected (a list)",
     "ranked": "prompt, completions (a list, best first)",
@@ -174,7 +175,7 @@ def _read_unpaired(record: Record) -> Example:
     if not isinstance(label, bool):
         raise _RowProblem("label", f"expected true or false, got {label!r}")
     return Example(((prompt, (_completion(data, "completion", prompt),)),), (("completion", 1),), record.where,
-                   label=float(label))
+                   label=float(label), scores=_scores(data))
 
 
 def _read_negative(record: Record) -> Example:
@@ -210,18 +211,22 @@ def _read_samples(record: Record) -> Example:
                    (("samples", len(samples)), ("rejected", 1)), record.where)
 
 
+def _scores(data: dict) -> tuple[float, ...]:
+    """The optional `scores` field: a number or a non-empty list of numbers."""
+    raw = data.get("scores")
+    if raw is None:
+        return ()
+    values = raw if isinstance(raw, list) else [raw]
+    if not values:
+        raise _RowProblem("scores", "empty list")
+    return tuple(_number(value, f"scores[{i}]") for i, value in enumerate(values, start=1))
+
+
 def _read_sft(record: Record) -> Example:
     data = record.data
     prompt = _prompt(data)
-    raw = data.get("scores")
-    scores: tuple[float, ...] = ()
-    if raw is not None:
-        values = raw if isinstance(raw, list) else [raw]
-        if not values:
-            raise _RowProblem("scores", "empty list")
-        scores = tuple(_number(value, f"scores[{i}]") for i, value in enumerate(values, start=1))
     return Example(((prompt, (_completion(data, "completion", prompt),)),), (("completion", 1),), record.where,
-                   scores=scores)
+                   scores=_scores(data))
 
 
 _READERS = {"joint": _read_joint, "unpaired": _read_unpaired, "negative": _read_negative, "list": _read_list,

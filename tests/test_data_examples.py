@@ -1,0 +1,120 @@
+"""Rows of every data format: loading, validation errors naming file/line/field, layouts of the groups."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_llama
+
+from alignkit.data import DataError, collate_pairs, collate_shared_prefix, load_examples, tokenize_examples
+from alignkit.models.logprobs import CompletionScorer, grouped_logps
+
+
+def write(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def msgs(role, text):
+    return [{"role": role, "content": text}]
+
+
+def test_each_format_gives_its_slots(tmp_path):
+    prompt = msgs("user", "Name a colour.")
+    answer = msgs("assistant", "Blue.")
+    other = msgs("assistant", "Seven.")
+    cases = {
+        "joint": ({"prompt_chosen": prompt, "chosen": answer, "prompt_rejected": msgs("user", "Count."),
+                   "rejected": other}, (("chosen", 1), ("rejected", 1)), 2),
+        "unpaired": ({"prompt": prompt, "completion": answer, "label": True}, (("completion", 1),), 1),
+        "negative": ({"prompt": prompt, "rejected": other}, (("completion", 1),), 1),
+        "list": ({"prompt": prompt, "chosen": answer, "rejected": [other, other]},
+                 (("chosen", 1), ("rejected", 2)), 1),
+        "ranked": ({"prompt": prompt, "completions": [answer, other, other]}, (("ranked", 3),), 1),
+        "samples": ({"prompt": prompt, "samples": [answer, answer], "rejected": other},
+                    (("samples", 2), ("rejected", 1)), 1),
+        "sft": ({"prompt": prompt, "completion": answer, "scores": [-1.5, -2.0]}, (("completion", 1),), 1),
+    }
+    for data_format, (row, slots, groups) in cases.items():
+        example, = load_examples(write(tmp_path / f"{data_format}.jsonl", [row]), data_format)
+        assert example.slots == slots, data_format
+        assert len(example.groups) == groups, data_format
+    negative, = load_examples(tmp_path / "negative.jsonl", "negative")
+    assert negative.label == 0.0
+    sft, = load_examples(tmp_path / "sft.jsonl", "sft")
+    assert sft.scores == (-1.5, -2.0)
+
+
+def test_unpaired_kl_slot_is_the_next_rows_completion(tmp_path):
+    rows = [{"prompt": f"Q{i}", "completion": f"A{i}", "label": i % 2 == 0} for i in range(3)]
+    examples = load_examples(write(tmp_path / "u.jsonl", rows), "unpaired", with_kl=True)
+    assert [e.groups[0][1] for e in examples] == [("A0", "A1"), ("A1", "A2"), ("A2", "A0")]
+    assert [e.label for e in examples] == [1.0, 0.0, 1.0]
+    assert examples[0].slots == (("completion", 1), ("kl", 1))
+
+
+def test_errors_name_file_line_and_field(tmp_path):
+    path = write(tmp_path / "bad.jsonl", [
+        {"prompt": "Q", "completion": "A", "label": "yes"},
+        {"prompt": "Q", "label": True},
+        {"prompt": "Q", "completion": "A", "label": False},
+    ])
+    with pytest.raises(DataError) as caught:
+        load_examples(path, "unpaired")
+    message = str(caught.value)
+    assert "bad.jsonl" in message and "line 1" in message and "'label'" in message
+    assert "line 2" in message and "'completion'" in message and "line 3" not in message
+
+
+def test_lists_must_be_rectangular(tmp_path):
+    path = write(tmp_path / "l.jsonl", [{"prompt": "Q", "chosen": "A", "rejected": ["B", "C"]},
+                                        {"prompt": "Q", "chosen": "A", "rejected": ["B"]}])
+    with pytest.raises(DataError, match="line 2.*same number"):
+        load_examples(path, "list")
+
+
+def test_wrong_format_fails_before_training_naming_the_fields(tmp_path, tiny_chat_model_dir):
+    from alignkit.objectives import Objective, register
+    from alignkit.objectives import registry
+    from alignkit.train import load_config, train
+
+    def fake(lp, ref, labels, **_):
+        return (lp - ref) * labels, {}
+
+    objective = Objective(name="_unpaired_probe", fn=fake, description="test", source="test",
+                          inputs=("policy_completion_logps", "ref_completion_logps", "labels"),
+                          data_format="unpaired")
+    register(objective)
+    try:
+        preference = write(tmp_path / "p.jsonl", [{"prompt": "Q", "chosen": "A", "rejected": "B"}])
+        config = load_config(None, [f"model.name_or_path={tiny_chat_model_dir}", f"data.train={preference}",
+                                    "objective.name=_unpaired_probe", f"output_dir={tmp_path / 'out'}",
+                                    "progress=false", "tensorboard=false"])
+        with pytest.raises(DataError, match="'unpaired' data \\(prompt, completion, label true/false"):
+            train(config)
+        assert not (tmp_path / "out" / "checkpoints").exists()
+    finally:
+        registry._REGISTRY.pop("_unpaired_probe")
+
+
+@pytest.mark.parametrize("layout", ["plain", "shared", "packed"])
+def test_joint_examples_score_each_answer_under_its_own_prompt(smol_tokenizer, layout):
+    """JPO rows: two prompts in one example; each completion must be scored given its own prompt only."""
+    model = tiny_llama(vocab_size=len(smol_tokenizer), initializer_range=0.3)
+    rows = [{"prompt_chosen": msgs("user", f"Say {w}."), "chosen": msgs("assistant", w),
+             "prompt_rejected": msgs("user", f"Shout {w} twice please."), "rejected": msgs("assistant", w + "!")}
+            for w in ("yes", "no", "maybe")]
+    examples, _ = tokenize_examples(load_examples(rows, "joint"), smol_tokenizer)
+    collate = {"plain": lambda e: collate_pairs(e, 0), "shared": lambda e: collate_shared_prefix(e, 0),
+               "packed": lambda e: collate_shared_prefix(e, 0, pack=True, row_tokens=10_000)}[layout]
+    chosen, rejected = grouped_logps(CompletionScorer(model), collate(examples), 2)
+    for b, example in enumerate(examples):
+        for k, (prompt, (completion,)) in enumerate(example.groups):
+            ids = torch.tensor([prompt + completion])
+            with torch.no_grad():
+                logps = model(ids).logits[0, :-1].log_softmax(-1)
+            expected = logps[len(prompt) - 1:, :].gather(1, ids[0, len(prompt):, None]).sum()
+            got = (chosen, rejected)[k].sum[b]
+            assert got.item() == pytest.approx(expected.item(), abs=1e-4)
