@@ -264,3 +264,31 @@ def test_chunked_lm_head_trains_to_the_same_weights(tmp_path, base_overrides):
     # Chunks sum gradients in another order (float rounding); Adam's g/|g| on near-zero gradients turns that
     # into ~2e-6 after two lr-1e-3 steps, 0.2% of one step.
     assert_same_params(final_params(whole), final_params(chunked), atol=1e-5)
+
+
+def test_soup_reference_is_the_weight_average(tmp_path, base_overrides, smol_tokenizer):
+    """SALSA: reference.model = a soup folder; the reference log-probs are those of the averaged weights."""
+    from conftest import tiny_llama
+
+    from alignkit.models.soup import save_soup
+    from alignkit.train.loop import start_run
+
+    other = tmp_path / "other"
+    tiny_llama(vocab_size=len(smol_tokenizer), seed=5).save_pretrained(other)
+    smol_tokenizer.save_pretrained(other)
+    policy_dir = base_overrides[0].split("=", 1)[1]
+    soup_dir = save_soup([policy_dir, other], tmp_path / "soup", weights=[1, 3])
+    run = start_run(load_config(None, base_overrides + ["batch_size=4", "max_steps=1", f"reference.model={soup_dir}",
+                                                        f"output_dir={tmp_path / 'run'}"]))
+    a = AutoModelForCausalLM.from_pretrained(policy_dir).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(other).state_dict()
+    averaged = AutoModelForCausalLM.from_pretrained(other)
+    averaged.load_state_dict({k: 0.25 * a[k] + 0.75 * b[k] for k in a})
+    from alignkit.train.references import score_examples
+
+    expected = score_examples(averaged.eval(), run.step_runner.pairs, run.step_runner.collate, 4, torch.device("cpu"))
+    cached = run.step_runner.reference_scores
+    assert torch.allclose(cached["sums"], expected["sums"], atol=1e-4)
+    assert not torch.allclose(cached["sums"], score_examples(
+        AutoModelForCausalLM.from_pretrained(other).eval(), run.step_runner.pairs, run.step_runner.collate, 4,
+        torch.device("cpu"))["sums"], atol=1e-2)
