@@ -80,8 +80,8 @@ def test_wrong_format_fails_before_training_naming_the_fields(tmp_path, tiny_cha
     from alignkit.objectives import registry
     from alignkit.train import load_config, train
 
-    def fake(lp, ref, labels, **_):
-        return (lp - ref) * labels, {}
+    def fake(policy_completion_logps, ref_completion_logps, labels):
+        return (policy_completion_logps - ref_completion_logps) * labels, {}
 
     objective = Objective(name="_unpaired_probe", fn=fake, description="test", source="test",
                           inputs=("policy_completion_logps", "ref_completion_logps", "labels"),

@@ -190,6 +190,9 @@ def test_register_validates_inputs_and_derives_needs_reference(monkeypatch):
         register(Objective(name="bad", fn=dpo, description="", source="", inputs=("policy_chosen_logps", "reward")))
     with pytest.raises(KeyError):
         get("bad")
+    with pytest.raises(ValueError, match="not parameters of dpo"):  # inputs are passed by name
+        register(Objective(name="renamed", fn=dpo, description="", source="",
+                           inputs=("policy_rejected_logps", "ref_chosen_logps", "chosen_lengths")))
     reference_free = register(Objective(name="aaa-reference-free", fn=dpo, description="", source="",
                                         inputs=("policy_chosen_logps", "policy_rejected_logps")))
     assert reference_free.needs_reference is False

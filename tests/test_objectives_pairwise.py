@@ -188,7 +188,7 @@ def dpo_part() -> list[float]:
 
 def test_rpo_official_cumulative_form_by_hand():
     eta = 0.2
-    losses, metrics = rpo(PC, PR, RC, RR, LENGTHS, beta=BETA, eta=eta)  # default sft_reduction="sum_times_beta"
+    losses, metrics = rpo(PC, PR, RC, RR, chosen_lengths=LENGTHS, beta=BETA, eta=eta)  # default sft_reduction="sum_times_beta"
     expected = [d - eta * BETA * pc for d, pc in zip(dpo_part(), PC.tolist())]  # − η β Σ log π(y_w)
     assert losses.tolist() == pytest.approx(expected, abs=TOL)
     assert expected[0] == pytest.approx(softplus(-0.75) + 1.0, abs=TOL)
@@ -199,23 +199,23 @@ def test_rpo_official_cumulative_form_by_hand():
 
 def test_rpo_token_mean_forms_by_hand():
     eta = 0.2
-    per_example, _ = rpo(PC, PR, RC, RR, LENGTHS, beta=BETA, eta=eta, sft_reduction="token_mean")
+    per_example, _ = rpo(PC, PR, RC, RR, chosen_lengths=LENGTHS, beta=BETA, eta=eta, sft_reduction="token_mean")
     assert per_example.tolist() == pytest.approx([d + eta * x for d, x in zip(dpo_part(), [2.5, 2.0, 2.0, 2.0])],
                                                  abs=TOL)
-    pooled, _ = rpo(PC, PR, RC, RR, LENGTHS, beta=BETA, eta=eta, sft_reduction="batch_token_mean")
+    pooled, _ = rpo(PC, PR, RC, RR, chosen_lengths=LENGTHS, beta=BETA, eta=eta, sft_reduction="batch_token_mean")
     # −Σ log π(y_w) · B / Σ n = [10, 4, 6, 2] · 4/10; its batch mean is the pooled token NLL 22/10
     assert pooled.tolist() == pytest.approx([d + eta * x * 0.4 for d, x in zip(dpo_part(), [10, 4, 6, 2])], abs=TOL)
     assert pooled.mean().item() - sum(dpo_part()) / 4 == pytest.approx(eta * 22 / 10, abs=TOL)
     with pytest.raises(ValueError, match="sft_reduction"):
-        rpo(PC, PR, RC, RR, LENGTHS, sft_reduction="mean")
+        rpo(PC, PR, RC, RR, chosen_lengths=LENGTHS, sft_reduction="mean")
 
 
 def test_rpo_defaults_and_reduction_to_dpo():
-    losses, _ = rpo(PC, PR, RC, RR, LENGTHS)  # β = 0.01, η = 0.005
+    losses, _ = rpo(PC, PR, RC, RR, chosen_lengths=LENGTHS)  # β = 0.01, η = 0.005
     expected = [softplus(-0.01 * d) - 0.005 * 0.01 * pc for d, pc in zip([1.5, -1.0, 0.0, 3.0], PC.tolist())]
     assert losses.tolist() == pytest.approx(expected, abs=TOL)
     for reduction in ("sum_times_beta", "token_mean", "batch_token_mean"):
-        no_sft, _ = rpo(PC, PR, RC, RR, LENGTHS, beta=BETA, eta=0.0, label_smoothing=0.1, sft_reduction=reduction)
+        no_sft, _ = rpo(PC, PR, RC, RR, chosen_lengths=LENGTHS, beta=BETA, eta=0.0, label_smoothing=0.1, sft_reduction=reduction)
         assert torch.equal(no_sft, dpo(PC, PR, RC, RR, beta=BETA, label_smoothing=0.1)[0])
 
 
@@ -224,7 +224,7 @@ def test_rpo_defaults_and_reduction_to_dpo():
 def test_rpo_gradient_at_reference_pushes_chosen_up(reduction, extra):
     beta, eta = 0.3, 0.05
     pc, pr = leaves(PC, PR)
-    losses, _ = rpo(pc, pr, PC.clone(), PR.clone(), LENGTHS, beta=beta, eta=eta, sft_reduction=reduction)
+    losses, _ = rpo(pc, pr, PC.clone(), PR.clone(), chosen_lengths=LENGTHS, beta=beta, eta=eta, sft_reduction=reduction)
     # at π = π_ref the DPO part is ln 2; the NLL term is (−ηβ) · Σ log π or (−η/n) · Σ log π
     expected = [LN2 + extra(beta, eta, n) * p for p, n in zip(PC.tolist(), LENGTHS.tolist())]
     assert losses.tolist() == pytest.approx(expected, abs=TOL)
@@ -256,9 +256,9 @@ def official_rpo_average(pc, pr, rc, rr, chosen_mean_logps, beta, nll_loss_coef)
 
 @pytest.mark.parametrize("beta,eta,eps", [(0.01, 0.005, 0.0), (0.1, 0.5, 0.0), (0.5, 0.2, 0.25)])
 def test_rpo_matches_the_official_code(beta, eta, eps):
-    ours, _ = rpo(PC, PR, RC, RR, LENGTHS, beta=beta, eta=eta, label_smoothing=eps)
+    ours, _ = rpo(PC, PR, RC, RR, chosen_lengths=LENGTHS, beta=beta, eta=eta, label_smoothing=eps)
     assert torch.allclose(ours, official_rpo_cumulative(PC, PR, RC, RR, beta, eta, eps), rtol=0, atol=TOL)
-    ours, _ = rpo(PC, PR, RC, RR, LENGTHS, beta=beta, eta=eta, sft_reduction="token_mean")
+    ours, _ = rpo(PC, PR, RC, RR, chosen_lengths=LENGTHS, beta=beta, eta=eta, sft_reduction="token_mean")
     official = official_rpo_average(PC, PR, RC, RR, PC / LENGTHS, beta, eta)
     assert ours.mean().item() == pytest.approx(official.item(), abs=TOL)
 
@@ -383,11 +383,17 @@ def test_registry_declaration(name):
     assert objective.needs_reference == ("ref_chosen_logps" in inputs)
     assert objective.slots == tuple(slot for slot, _ in FORMATS[data_format])
     assert objective.description and objective.source
-    # the declared defaults are the function's keyword defaults, and the inputs its positional parameters
+    # the declared defaults are the function's keyword defaults; the inputs are its parameters without a
+    # default, the leading ones positional (for pairs: the four log-probs, as dpo), extras such as RPO's
+    # chosen_lengths keyword-only
     parameters = inspect.signature(fn).parameters
-    assert {k: p.default for k, p in parameters.items() if p.kind is p.KEYWORD_ONLY} == defaults
-    assert tuple(k for k, p in parameters.items() if p.kind is p.POSITIONAL_OR_KEYWORD) == inputs
-    losses, metrics = objective.fn(*(SAMPLE[k].clone().requires_grad_() for k in inputs), **objective.defaults)
+    assert {k: p.default for k, p in parameters.items() if p.default is not p.empty} == defaults
+    assert tuple(k for k, p in parameters.items() if p.default is p.empty) == inputs
+    positional = tuple(k for k, p in parameters.items() if p.kind is p.POSITIONAL_OR_KEYWORD)
+    assert positional == inputs[:len(positional)]
+    if "ref_chosen_logps" in inputs:
+        assert positional == ("policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps")
+    losses, metrics = objective.fn(**{k: SAMPLE[k].clone().requires_grad_() for k in inputs}, **objective.defaults)
     assert losses.shape == (4,) and torch.isfinite(losses).all() and losses.requires_grad
     assert metrics and all(v.shape == (4,) and not v.requires_grad for v in metrics.values())
 
@@ -515,11 +521,11 @@ def test_rpo_token_mean_parity_with_trl_sigmoid_plus_sft(tiny_pairs, tmp_path_fa
     assert trainer.loss_types == ["sigmoid", "sft"] and trainer.loss_weights == [1.0, eta]
     trl_loss, trl_grads = trl_loss_and_grads(trainer, policy, inputs)
     chosen, rejected, ref_chosen, ref_rejected = alignkit_logps(policy, reference, inputs)
-    args = (chosen.sum, rejected.sum, ref_chosen.sum, ref_rejected.sum, chosen.count)
+    args = (chosen.sum, rejected.sum, ref_chosen.sum, ref_rejected.sum)
     assert chosen.count.tolist() == [5.0, 2.0, 3.0]  # different chosen lengths: pooled ≠ per-example token mean
-    pooled, _ = rpo(*args, beta=beta, eta=eta, sft_reduction="batch_token_mean")
+    pooled, _ = rpo(*args, chosen_lengths=chosen.count, beta=beta, eta=eta, sft_reduction="batch_token_mean")
     compare("RPO batch_token_mean vs TRL sigmoid+sft", pooled.mean(), trl_loss, trl_grads, policy)
-    per_example, _ = rpo(*args, beta=beta, eta=eta, sft_reduction="token_mean")
+    per_example, _ = rpo(*args, chosen_lengths=chosen.count, beta=beta, eta=eta, sft_reduction="token_mean")
     assert abs(per_example.mean().item() - trl_loss.item()) > 1e-3
     # with one pair per batch the two token means coincide: TRL on each pair alone (losses only, to stay fast)
     batch_size = chosen.sum.shape[0]
@@ -528,7 +534,7 @@ def test_rpo_token_mean_parity_with_trl_sigmoid_plus_sft(tiny_pairs, tmp_path_fa
             sub = {key: value[[i, batch_size + i]] for key, value in inputs.items()}
             trl_one = trainer._compute_loss(policy, dict(sub), return_outputs=False)
             c, r, rc, rr = alignkit_logps(policy, reference, sub)
-            one, _ = rpo(c.sum, r.sum, rc.sum, rr.sum, c.count, beta=beta, eta=eta, sft_reduction="token_mean")
+            one, _ = rpo(c.sum, r.sum, rc.sum, rr.sum, chosen_lengths=c.count, beta=beta, eta=eta, sft_reduction="token_mean")
             diff = abs(one.item() - trl_one.item())
             print(f"RPO token_mean vs TRL sigmoid+sft on pair {i} alone: loss diff {diff:.3g}")
             assert diff <= TRL_TOL

@@ -102,7 +102,7 @@ RPO_REDUCTIONS = ("sum_times_beta", "token_mean", "batch_token_mean")
 
 
 def rpo(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor, ref_chosen_logps: torch.Tensor,
-        ref_rejected_logps: torch.Tensor, chosen_lengths: torch.Tensor, *, beta: float = 0.01, eta: float = 0.005,
+        ref_rejected_logps: torch.Tensor, *, chosen_lengths: torch.Tensor, beta: float = 0.01, eta: float = 0.005,
         label_smoothing: float = 0.0, sft_reduction: str = "sum_times_beta") -> Result:
     """RPO (Liu et al. 2024, arXiv 2405.16436): DPO on summed log-probs plus an NLL term on the chosen completion.
 

@@ -19,6 +19,7 @@ scores). The `kl` slot of the unpaired format holds, for example i, the completi
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
@@ -58,7 +59,7 @@ class Objective:
     fn: ObjectiveFn
     description: str  # one line, shown by `alignkit objectives`
     source: str  # paper and/or the code path the formula was checked against
-    inputs: tuple[str, ...]  # positional arguments, in order, from KNOWN_INPUTS
+    inputs: tuple[str, ...]  # argument names from KNOWN_INPUTS; the trainer passes them by name
     data_format: DataFormat = "preference"
     logps: Literal["sum", "mean"] = "sum"  # how the trainer reduces completion token log-probs
     defaults: dict = field(default_factory=dict)  # keyword parameters and their defaults
@@ -91,6 +92,11 @@ def register(objective: Objective) -> Objective:
     if foreign:
         raise ValueError(f"objective {objective.name!r}: inputs {foreign} are not slots of the "
                          f"{objective.data_format!r} format ({sorted(format_slots)})")
+    parameters = inspect.signature(objective.fn).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    unnamed = [] if takes_any else [name for name in (*objective.inputs, *objective.defaults) if name not in parameters]
+    if unnamed:
+        raise ValueError(f"objective {objective.name!r}: {unnamed} are not parameters of {objective.fn.__name__}")
     if objective.name in _REGISTRY:
         raise ValueError(f"objective {objective.name!r} is already registered")
     _REGISTRY[objective.name] = objective

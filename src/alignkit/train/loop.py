@@ -319,7 +319,8 @@ class StepRunner:
         missing = [name for name in self.objective.inputs if name not in values]
         if missing:
             raise DataError(f"objective '{self.objective.name}' needs {missing}, which this data does not provide")
-        return self.objective.fn(*(values[name] for name in self.objective.inputs), **self.params)
+        # By name: the first inputs are positional in every signature, extras (e.g. RPO's chosen_lengths) keywords.
+        return self.objective.fn(**{name: values[name] for name in self.objective.inputs}, **self.params)
 
     def _inputs(self, model: str, completions: list[SequenceLogps], with_lengths: bool = False) -> dict:
         """`{model}_{slot}_logps` ([B], or [B, M] for list slots) reduced as the objective declares, and
