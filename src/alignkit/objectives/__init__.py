@@ -8,9 +8,10 @@ from alignkit.objectives.dpo import dpo
 from alignkit.objectives.listwise import aft, aft_rank, d2o, logo, poft
 from alignkit.objectives.pairwise import asft, hinge, ipo, jpo, orpo, rpo, simpo
 from alignkit.objectives.registry import KNOWN_INPUTS, Objective, available, get, register
+from alignkit.objectives.rewards import arm, rm_multi, rm_pairwise
 from alignkit.objectives.sft import sft
 from alignkit.objectives.unpaired import bco, bco_udm, gradient_ascent, kto, npo, npo_rt
 
-__all__ = ["KNOWN_INPUTS", "Objective", "aft", "aft_rank", "asft", "available", "bco", "bco_udm", "d2o", "dpo", "get",
-           "gradient_ascent", "hinge", "ipo", "jpo", "kto", "logo", "npo", "npo_rt", "orpo", "poft", "register", "rpo",
-           "sft", "simpo"]
+__all__ = ["KNOWN_INPUTS", "Objective", "aft", "aft_rank", "arm", "asft", "available", "bco", "bco_udm", "d2o", "dpo", "get",
+           "gradient_ascent", "hinge", "ipo", "jpo", "kto", "logo", "npo", "npo_rt", "orpo", "poft", "register", "rm_multi",
+           "rm_pairwise", "rpo", "sft", "simpo"]

@@ -10,6 +10,8 @@ Input names. Every data format (`FORMATS`) names the completion *slots* of an ex
 * `policy_{s}_logps`, `ref_{s}_logps`: completion log-probs under the policy / the reference, summed
   over tokens or token-averaged as the objective's `logps` says;
 * `{s}_lengths`: completion token counts (float);
+* `{s}_rewards`: for reward-model objectives (`head="reward"`), the model's reward for the completion,
+  [B] with one output or [B, k] with k attributes;
 
 each of shape [B] for a single slot, [B, M] for a list slot (M completions per example). Per-example
 fields: `labels` ([B] float, 1 desirable / 0 undesirable) and `scores` ([B, m] float, e.g. teacher
@@ -46,7 +48,7 @@ FIELDS = ("labels", "scores")
 def _known_inputs() -> tuple[str, ...]:
     slots = sorted({slot for slots in FORMATS.values() for slot, _ in slots})
     names = [f"{prefix}_{slot}_logps" for slot in slots for prefix in ("policy", "ref")]
-    return tuple(names + [f"{slot}_lengths" for slot in slots] + list(FIELDS))
+    return tuple(names + [f"{slot}_lengths" for slot in slots] + [f"{slot}_rewards" for slot in slots] + list(FIELDS))
 
 
 # Quantities the trainer can provide, keyed by the argument names objectives use.
@@ -66,6 +68,9 @@ class Objective:
     # For objectives that keep state across steps (BCO's running reward mean): a factory whose object is
     # passed as the keyword `state` and saved with checkpoints (it needs state_dict / load_state_dict).
     state: Callable[[], Any] | None = None
+    # "lm": the model is a causal LM scored by completion log-probs; "reward": a sequence-classification
+    # reward model (a scalar or k-attribute head over the LM), whose rewards feed `{slot}_rewards`.
+    head: Literal["lm", "reward"] = "lm"
 
     @property
     def needs_reference(self) -> bool:
@@ -76,7 +81,7 @@ class Objective:
         """The completion slots of the data format this objective reads (in the format's order)."""
         used = " ".join(self.inputs)
         return tuple(slot for slot, _ in FORMATS[self.data_format]
-                     if f"_{slot}_logps" in used or f"{slot}_lengths" in used)
+                     if f"_{slot}_logps" in used or f"{slot}_lengths" in used or f"{slot}_rewards" in used)
 
 
 _REGISTRY: dict[str, Objective] = {}
@@ -88,7 +93,8 @@ def register(objective: Objective) -> Objective:
         raise ValueError(f"objective {objective.name!r} declares unknown inputs {unknown}; known: {KNOWN_INPUTS}")
     format_slots = {slot for slot, _ in FORMATS[objective.data_format]}
     foreign = [name for name in objective.inputs if name not in FIELDS
-               and not any(f"_{slot}_logps" in f"_{name}" or name == f"{slot}_lengths" for slot in format_slots)]
+               and not any(f"_{slot}_logps" in f"_{name}" or name in (f"{slot}_lengths", f"{slot}_rewards")
+                           for slot in format_slots)]
     if foreign:
         raise ValueError(f"objective {objective.name!r}: inputs {foreign} are not slots of the "
                          f"{objective.data_format!r} format ({sorted(format_slots)})")

@@ -73,10 +73,8 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer, scheduler) -> Tra
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(model, load_file(folder / "adapter_model.safetensors"))
-    else:
-        from transformers import AutoModelForCausalLM
-
-        saved = AutoModelForCausalLM.from_pretrained(folder, dtype=next(model.parameters()).dtype)
+    else:  # the model's own class: a causal LM, or a sequence-classification reward model
+        saved = type(model).from_pretrained(folder, dtype=next(model.parameters()).dtype)
         model.load_state_dict(saved.state_dict())
         del saved
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))

@@ -40,7 +40,8 @@ from alignkit.data.collation import Grouped
 from alignkit.data.examples import FORMAT_FIELDS, load_examples
 from alignkit.data.tokenization import tokenize_examples
 from alignkit.models import load, save_model_atomically
-from alignkit.models.logprobs import CompletionScorer, SequenceLogps, accepts_block_mask, grouped_logps
+from alignkit.models.logprobs import SCORER_INPUTS, CompletionScorer, SequenceLogps, accepts_block_mask, grouped_logps
+from alignkit.models.reward_head import RewardScorer, load_reward_model
 from alignkit.models.reference import weights_fingerprint
 from alignkit.objectives import Objective, get
 from alignkit.objectives.registry import FORMATS
@@ -224,10 +225,14 @@ def start_run(config: TrainConfig, *, resume: bool = False,
 
     loaded = load(config.model.name_or_path)
     model, tokenizer = loaded.model, loaded.tokenizer
+    pairs = list(pairs) if pairs is not None else load_training_examples(config, tokenizer, objective)
+    if objective.head == "reward" and config.model.lora is not None:
+        raise ConfigError(f"objective '{objective.name}' trains a reward head; LoRA is not supported for it yet")
+    if objective.head == "reward":  # a k-output head: one output, or one per score of the data's rows
+        model = load_reward_model(config.model.name_or_path, num_labels=len(pairs[0].scores) or 1).model
     disable_dropout(model)
     if config.activation_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    pairs = list(pairs) if pairs is not None else load_training_examples(config, tokenizer, objective)
     policy_fingerprint = weights_fingerprint(model) if objective.needs_reference else ""
     if config.model.lora is not None:
         model = apply_lora(model, config)
@@ -253,7 +258,8 @@ def start_run(config: TrainConfig, *, resume: bool = False,
     scheduler = get_scheduler(config.optim.schedule, optimizer, num_warmup_steps=config.optim.warmup_steps,
                               num_training_steps=plan.total_steps)
     # The scheduler is stepped by hand: accelerate's wrapper would step it once per process.
-    scorer, optimizer = accelerator.prepare(CompletionScorer(model, config.lm_head_chunk), optimizer)
+    scorer = RewardScorer(model) if objective.head == "reward" else CompletionScorer(model, config.lm_head_chunk)
+    scorer, optimizer = accelerator.prepare(scorer, optimizer)
 
     state = TrainingState(step=0)
     checkpoint = latest_checkpoint(output_dir) if resume else None
@@ -312,7 +318,10 @@ class StepRunner:
         return self._average(totals, examples_in_step)
 
     def _losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        values = self._inputs("policy", grouped_logps(self.scorer, batch, self.per_example), with_lengths=True)
+        if self.objective.head == "reward":
+            values = self._rewards(batch)
+        else:
+            values = self._inputs("policy", grouped_logps(self.scorer, batch, self.per_example), with_lengths=True)
         if self.objective.needs_reference:
             values.update(self._inputs("ref", self._reference(batch)))
         values.update({field: batch[field] for field in ("labels", "scores") if field in batch})
@@ -335,6 +344,17 @@ class StepRunner:
             values[f"{model}_{slot}_logps"] = scores.sum if self.objective.logps == "sum" else scores.mean
             if with_lengths:
                 values[f"{slot}_lengths"] = scores.count
+        return values
+
+    def _rewards(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`{slot}_rewards` from a reward model: [B] for a one-output head, [B, k] for k outputs."""
+        inputs = {key: batch[key] for key in SCORER_INPUTS if key in batch}
+        rewards = self.scorer(**inputs).chunk(self.per_example)  # K tensors of [B, k]
+        values, k = {}, 0
+        for slot, size in self.slots:
+            part, k = rewards[k:k + size], k + size
+            value = part[0] if size == 1 else torch.stack(part, 1)
+            values[f"{slot}_rewards"] = value.squeeze(-1) if value.size(-1) == 1 else value
         return values
 
     def _reference(self, batch: dict[str, torch.Tensor]) -> list[SequenceLogps]:

@@ -1,0 +1,16 @@
+"""Rewards and verifiers behind one interface: `Reward.score(prompts, completions) -> Tensor[B] | Tensor[B, k]`."""
+
+from alignkit.models.rewards.base import CachedReward, Content, Direction, Reward, TextReward, WeightedSum
+from alignkit.models.rewards.calibration import (CalibratedReward, EmpiricalCDF, best_of_n, exponential,
+                                                 signed_exponential, worst_of_n)
+from alignkit.models.rewards.judge import (DEFAULT_PAIRWISE_TEMPLATE, DEFAULT_POINTWISE_TEMPLATE, LLMJudge,
+                                           PairwiseJudge)
+from alignkit.models.rewards.verifiers import (ExactMatch, ForbiddenWords, JsonSchema, JsonValid, MaxChars,
+                                               MaxWords, MinWords, Refusal, RegexMatch, RequiredWords)
+
+__all__ = [
+    "CachedReward", "CalibratedReward", "Content", "DEFAULT_PAIRWISE_TEMPLATE", "DEFAULT_POINTWISE_TEMPLATE",
+    "Direction", "EmpiricalCDF", "ExactMatch", "ForbiddenWords", "JsonSchema", "JsonValid", "LLMJudge", "MaxChars",
+    "MaxWords", "MinWords", "PairwiseJudge", "Refusal", "RegexMatch", "RequiredWords", "Reward", "TextReward",
+    "WeightedSum", "best_of_n", "exponential", "signed_exponential", "worst_of_n",
+]
