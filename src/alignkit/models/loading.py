@@ -55,6 +55,14 @@ def load(name_or_path: str | os.PathLike, *, dtype: torch.dtype = torch.float32)
     return _load_gguf(path, dtype) if path.is_file() else _load_folder(path, dtype)
 
 
+def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerBase:
+    """The tokenizer (with chat template and a pad token) of a model, without loading its weights."""
+    path = resolve(name_or_path)
+    if path.is_file():
+        return _with_pad_token(AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name))
+    return _with_pad_token(AutoTokenizer.from_pretrained(path))
+
+
 def resolve(name_or_path: str | os.PathLike) -> Path:
     """The local folder or `.gguf` file a model name stands for, without loading the weights.
 

@@ -13,9 +13,9 @@ import os
 
 import torch
 from torch import nn
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
-from alignkit.models.loading import Loaded, _with_pad_token, resolve
+from alignkit.models.loading import Loaded, load_tokenizer, resolve
 from alignkit.models.logprobs import segment_attention_mask
 
 
@@ -27,7 +27,7 @@ def load_reward_model(name_or_path: str | os.PathLike, num_labels: int = 1,
     if folder.is_file():
         raise ValueError(f"{folder}: a reward model needs a Hugging Face folder; load the GGUF once with "
                          "alignkit.models.load and save it, or use a built-in name")
-    tokenizer = _with_pad_token(AutoTokenizer.from_pretrained(folder))
+    tokenizer = load_tokenizer(folder)
     model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=num_labels, dtype=dtype)
     model.config.pad_token_id = tokenizer.pad_token_id
     return Loaded(model, tokenizer, str(folder))

@@ -40,6 +40,7 @@ from alignkit.data.collation import Grouped
 from alignkit.data.examples import FORMAT_FIELDS, load_examples
 from alignkit.data.tokenization import tokenize_examples
 from alignkit.models import load, save_model_atomically
+from alignkit.models.loading import load_tokenizer
 from alignkit.models.logprobs import SCORER_INPUTS, CompletionScorer, SequenceLogps, accepts_block_mask, grouped_logps
 from alignkit.models.reward_head import RewardScorer, load_reward_model
 from alignkit.models.reference import weights_fingerprint
@@ -223,13 +224,15 @@ def start_run(config: TrainConfig, *, resume: bool = False,
     objective = get(config.objective.name)
     params = objective_params(objective, config.objective.params)
 
-    loaded = load(config.model.name_or_path)
-    model, tokenizer = loaded.model, loaded.tokenizer
-    pairs = list(pairs) if pairs is not None else load_training_examples(config, tokenizer, objective)
     if objective.head == "reward" and config.model.lora is not None:
         raise ConfigError(f"objective '{objective.name}' trains a reward head; LoRA is not supported for it yet")
     if objective.head == "reward":  # a k-output head: one output, or one per score of the data's rows
+        tokenizer = load_tokenizer(config.model.name_or_path)
+        pairs = list(pairs) if pairs is not None else load_training_examples(config, tokenizer, objective)
         model = load_reward_model(config.model.name_or_path, num_labels=len(pairs[0].scores) or 1).model
+    else:
+        model, tokenizer, _ = load(config.model.name_or_path)
+        pairs = list(pairs) if pairs is not None else load_training_examples(config, tokenizer, objective)
     disable_dropout(model)
     if config.activation_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

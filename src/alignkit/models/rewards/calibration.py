@@ -104,7 +104,7 @@ class EmpiricalCDF:
 
     def calibrate(self, prompts: Sequence[Content], scores: torch.Tensor | Sequence[float]) -> torch.Tensor:
         """[B] calibrated rewards in [0, 1]."""
-        values = torch.as_tensor(scores, dtype=torch.float32).reshape(-1).tolist()
+        values = torch.as_tensor(scores, dtype=torch.float64).reshape(-1).tolist()  # no float32 rounding: ties stay ties
         if len(values) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(values)} scores")
         return torch.tensor([self._one(p, s) for p, s in zip(prompts, values)], dtype=torch.float32)
