@@ -3,6 +3,7 @@
 from alignkit.models.rewards.base import CachedReward, Content, Direction, Reward, TextReward, WeightedSum
 from alignkit.models.rewards.calibration import (CalibratedReward, EmpiricalCDF, best_of_n, exponential,
                                                  signed_exponential, worst_of_n)
+from alignkit.models.rewards.classifier import SequenceClassifierReward
 from alignkit.models.rewards.judge import (DEFAULT_PAIRWISE_TEMPLATE, DEFAULT_POINTWISE_TEMPLATE, LLMJudge,
                                            PairwiseJudge)
 from alignkit.models.rewards.verifiers import (ExactMatch, ForbiddenWords, JsonSchema, JsonValid, MaxChars,
@@ -11,6 +12,6 @@ from alignkit.models.rewards.verifiers import (ExactMatch, ForbiddenWords, JsonS
 __all__ = [
     "CachedReward", "CalibratedReward", "Content", "DEFAULT_PAIRWISE_TEMPLATE", "DEFAULT_POINTWISE_TEMPLATE",
     "Direction", "EmpiricalCDF", "ExactMatch", "ForbiddenWords", "JsonSchema", "JsonValid", "LLMJudge", "MaxChars",
-    "MaxWords", "MinWords", "PairwiseJudge", "Refusal", "RegexMatch", "RequiredWords", "Reward", "TextReward",
+    "MaxWords", "MinWords", "PairwiseJudge", "Refusal", "RegexMatch", "RequiredWords", "Reward", "SequenceClassifierReward", "TextReward",
     "WeightedSum", "best_of_n", "exponential", "signed_exponential", "worst_of_n",
 ]
