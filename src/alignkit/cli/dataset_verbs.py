@@ -2,6 +2,7 @@
 
     alignkit sample --model smollm2-135m-instruct --data prompts.jsonl --k 4 --out samples.jsonl
     alignkit score --models A B --data sft.jsonl --out scored.jsonl
+    alignkit score --reward verifier:max_words=50 --data sft.jsonl --reference-samples samples.jsonl --out r.jsonl
     alignkit data reward-augment --data prefs.jsonl --out goals.jsonl
 
 Each reads one dataset and writes a new one (`alignkit.data.writing`: atomic, never over its input).
@@ -21,10 +22,32 @@ is the `samples` data format that D2O trains on (with the row's `rejected`), for
 """
 
 SCORE_EPILOG = """\
-each output row is the input row plus `scores` (the per-token mean log-prob of the completion under
-each --models, in that order) and `scores_sum` (the summed log-prob). Every model tokenizes with its
-own tokenizer and chat template. PoFT trains on `scores`, for example:
+with --models, each output row is the input row plus `scores` (the per-token mean log-prob of the
+completion under each --models, in that order) and `scores_sum` (the summed log-prob). Every model
+tokenizes with its own tokenizer and chat template. PoFT trains on `scores`, for example:
   alignkit score --models aligned-a aligned-b --data sft.jsonl --out sft_scored.jsonl
+
+with --reward SPEC, each output row is the input row plus `reward`: a float, or a list of k floats
+for a reward model with k attributes. SPEC is one of
+  classifier:PATH               a Hugging Face sequence-classification folder (e.g. an rm_pairwise
+                                run's final/ folder)
+  judge:MODEL                   an LLM judge: the expected 1..10 score under MODEL's next-token probs
+  verifier:max_words=N          1 if the completion has 1..N words, else 0 (also min_words=N,
+                                max_chars=N)
+  verifier:required_words=a,b   1 if every word occurs (also forbidden_words=a,b)
+  verifier:json                 1 if the completion parses as JSON (json_schema=FILE: and fits FILE)
+  verifier:refusal              1 if the completion refuses or apologises
+  verifier:regex=PATTERN        1 if PATTERN is found in the completion
+
+calibration (InfAlign): --reference-samples FILE takes rows {prompt, samples: [completions]}, the
+output of `alignkit sample` from the reference policy. For each prompt the reward of its samples
+gives an empirical CDF, and each row also gets `reward_calibrated` = the fraction of reference
+samples scoring below its reward (ties count half with --tie mid, fully with --tie right), in [0, 1].
+--transform best_of_n --n N adds `reward_transformed` = calibrated^N (worst_of_n: 1-(1-calibrated)^N).
+Every row's prompt must appear in FILE (same --prompt-field, identical text or messages). Example:
+  alignkit sample --model sft-model --data prompts.jsonl --k 16 --out ref.jsonl
+  alignkit score --reward classifier:runs/rm/final --data policy.jsonl --reference-samples ref.jsonl \\
+      --transform best_of_n --n 4 --out policy_rewards.jsonl
 """
 
 DATA_EPILOG = """\
@@ -73,15 +96,27 @@ def add_dataset_verbs(verbs: argparse._SubParsersAction) -> None:
     sample.add_argument("--prompt-field", default="prompt")
     sample.set_defaults(run=_checked(_sample))
 
-    score = verbs.add_parser("score", help="log-likelihood of completions under one or more models (PoFT)",
-                             description="Score each row's completion given its prompt under every model.",
+    score = verbs.add_parser("score", help="completion log-likelihoods under models (PoFT), or rewards (InfAlign)",
+                             description="Score each row's completion given its prompt: its log-likelihood under "
+                             "every --models, or its --reward (optionally calibrated against reference samples).",
                              epilog=SCORE_EPILOG, formatter_class=RAW)
-    score.add_argument("--models", nargs="+", required=True, metavar="MODEL", help="one or more models")
+    what = score.add_mutually_exclusive_group(required=True)
+    what.add_argument("--models", nargs="+", metavar="MODEL", help="one or more models (writes scores, scores_sum)")
+    what.add_argument("--reward", metavar="SPEC", help="a reward spec, e.g. verifier:max_words=50 or "
+                      "classifier:runs/rm/final (writes reward; see below)")
     _io_arguments(score, "rows with a prompt and a completion")
     score.add_argument("--field", default="completion", help="the completion field to score (default completion)")
     score.add_argument("--prompt-field", default="prompt")
     score.add_argument("--batch-size", type=int, default=8)
     score.add_argument("--max-length", type=int, default=None, help="truncate longer rows (keeps the prompt's end)")
+    score.add_argument("--reference-samples", metavar="FILE", help="with --reward: rows {prompt, samples} from "
+                       "`alignkit sample` of the reference policy; adds reward_calibrated")
+    score.add_argument("--tie", choices=("mid", "right"), default="mid", help="calibration ties: count half (mid, "
+                       "default) or fully (right)")
+    score.add_argument("--transform", choices=("none", "best_of_n", "worst_of_n"), default="none",
+                       help="with --reference-samples: add reward_transformed = u^n (best_of_n) or 1-(1-u)^n "
+                       "(worst_of_n) of the calibrated u")
+    score.add_argument("--n", type=int, default=None, help="the n of --transform")
     score.set_defaults(run=_checked(_score))
 
     data = verbs.add_parser("data", help="dataset transforms: reward-augment, buckets, direction, soup, udm",
@@ -178,14 +213,20 @@ def _read(args: argparse.Namespace) -> list:
     from alignkit.data import load_records
     from alignkit.data.writing import check_output
 
-    check_output(args.out, [args.data], overwrite=args.overwrite)
+    check_output(args.out, _inputs(args), overwrite=args.overwrite)
     return load_records(args.data)
+
+
+def _inputs(args: argparse.Namespace) -> list[str]:
+    """The files a verb reads (never overwritten): --data, and --reference-samples where given."""
+    extra = getattr(args, "reference_samples", None)
+    return [args.data] + ([extra] if extra else [])
 
 
 def _write(args: argparse.Namespace, rows: list[dict]) -> None:
     from alignkit.data.writing import write_jsonl
 
-    write_jsonl(rows, args.out, inputs=[args.data], overwrite=args.overwrite)
+    write_jsonl(rows, args.out, inputs=_inputs(args), overwrite=args.overwrite)
     print(f"wrote {len(rows)} rows to {args.out}")
 
 
@@ -209,6 +250,10 @@ def _sample(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     from alignkit.decode.sampling import score_completions
 
+    if args.reward is not None:
+        return _score_reward(args)
+    if args.reference_samples or args.transform != "none" or args.n is not None:
+        raise ValueError("--reference-samples, --transform and --n go with --reward, not --models")
     records = _read(args)
     scores = score_completions(args.models, records, field=args.field, prompt_field=args.prompt_field,
                                batch_size=args.batch_size, max_length=args.max_length)
@@ -217,6 +262,119 @@ def _score(args: argparse.Namespace) -> int:
     _write(args, rows)
     print(f"scores[i] / scores_sum[i]: mean / summed completion log-prob under {', '.join(args.models)} (in order)")
     return 0
+
+
+def _score_reward(args: argparse.Namespace) -> int:
+    """`alignkit score --reward SPEC [--reference-samples FILE]`: raw and calibrated rewards per row."""
+    from alignkit.data import DataError
+    from alignkit.decode.sampling import default_device, scoring_examples
+    from alignkit.models.rewards.calibration import EmpiricalCDF, best_of_n, worst_of_n
+    from alignkit.models.rewards.spec import reward_from_spec
+
+    if args.reference_samples is None and (args.transform != "none" or args.n is not None):
+        raise ValueError("--transform and --n apply to the calibrated reward: pass --reference-samples too")
+    if args.transform != "none" and (args.n is None or args.n < 1):
+        raise ValueError(f"--transform {args.transform} needs --n N with N >= 1")
+    if args.transform == "none" and args.n is not None:
+        raise ValueError("--n needs --transform best_of_n or worst_of_n")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    records = _read(args)
+    examples = scoring_examples(records, args.field, args.prompt_field)
+    reference = None
+    if args.reference_samples is not None:
+        reference = _reference_samples(args.reference_samples, args.prompt_field)
+        missing = [f"{example.where}: prompt {_short(example.prompt)} has no reference samples in "
+                   f"{args.reference_samples}" for example in examples if _prompt_key(example.prompt) not in reference]
+        if missing:
+            raise DataError.from_problems(missing)
+
+    device = str(default_device())
+    reward = reward_from_spec(args.reward, batch_size=args.batch_size, device=device,
+                              max_length=args.max_length)
+    if reference is not None and reward.attributes:
+        raise ValueError(f"calibration needs a scalar reward, but {args.reward} has {len(reward.attributes)} "
+                         f"attributes {list(reward.attributes)}")
+    values = reward([e.prompt for e in examples], [e.chosen for e in examples]).float()
+    rows = [{**record.data, "reward": value} for record, value in zip(records, values.tolist())]
+
+    if reference is not None:
+        pairs = [(prompt, sample) for prompt, samples in reference.values() for sample in samples]
+        ref_values = reward([p for p, _ in pairs], [c for _, c in pairs]).float().tolist()
+        fitted, start = [], 0
+        for prompt, samples in reference.values():
+            fitted.append((prompt, ref_values[start:start + len(samples)]))
+            start += len(samples)
+        cdf = EmpiricalCDF(tie=args.tie, unseen="error").fit(fitted)
+        try:
+            calibrated = cdf.calibrate([e.prompt for e in examples], values)
+        except KeyError as err:  # checked above; kept as a guard
+            raise DataError(str(err)) from None
+        transformed = {"best_of_n": best_of_n, "worst_of_n": worst_of_n}.get(args.transform)
+        extra = transformed(calibrated, args.n).tolist() if transformed else None
+        for i, (row, u) in enumerate(zip(rows, calibrated.tolist())):
+            row["reward_calibrated"] = u
+            if extra is not None:
+                row["reward_transformed"] = extra[i]
+    replaced = sum("reward" in record.data for record in records)
+    _write(args, rows)
+    if replaced:
+        print(f"replaced the existing `reward` of {replaced} rows", file=sys.stderr)
+    shape = f"a list of {len(reward.attributes)} ({', '.join(reward.attributes)})" if reward.attributes else "a float"
+    print(f"reward: {args.reward} ({shape} per row)")
+    if reference is not None:
+        n_samples = sum(len(samples) for _, samples in reference.values())
+        print(f"reward_calibrated: empirical CDF (tie {args.tie}) over {n_samples} reference samples of "
+              f"{len(reference)} prompts" + (f"; reward_transformed: {args.transform}, n={args.n}"
+                                             if args.transform != "none" else ""))
+    return 0
+
+
+def _prompt_key(prompt) -> str:
+    from alignkit.models.rewards.calibration import _key
+
+    return _key(prompt)
+
+
+def _short(prompt) -> str:
+    import json
+
+    text = prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False)
+    return repr(text if len(text) <= 60 else text[:57] + "...")
+
+
+def _reference_samples(path: str, prompt_field: str) -> dict:
+    """prompt key -> (prompt, [completions]) from `alignkit sample` rows; samples of repeated prompts are pooled.
+
+    A string sample of a message-list prompt becomes one assistant message, as in `alignkit sample`."""
+    from alignkit.data import load_records
+    from alignkit.data.errors import raise_if_any
+    from alignkit.decode.sampling import checked_prompts
+
+    records = load_records(path)
+    prompts = checked_prompts(records, prompt_field)
+    reference: dict = {}
+    problems = []
+    for record, prompt in zip(records, prompts):
+        samples = record.data.get("samples")
+        if not isinstance(samples, list) or not samples:
+            problems.append(f"{record.where}, field 'samples': "
+                            + ("missing" if samples is None else "expected a non-empty list of completions"))
+            continue
+        converted = []
+        for j, sample in enumerate(samples):
+            if isinstance(sample, str) and isinstance(prompt, list):
+                sample = [{"role": "assistant", "content": sample}]
+            if not (isinstance(sample, str) or isinstance(sample, list) and isinstance(prompt, list)
+                    and all(isinstance(m, dict) for m in sample)):
+                problems.append(f"{record.where}, samples[{j}]: expected a string"
+                                + (" or a message list" if isinstance(prompt, list) else " (the prompt is a string)"))
+                break
+            converted.append(sample)
+        else:
+            reference.setdefault(_prompt_key(prompt), (prompt, []))[1].extend(converted)
+    raise_if_any(problems)
+    return reference
 
 
 def _reward_augment(args: argparse.Namespace) -> int:

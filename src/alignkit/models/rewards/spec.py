@@ -1,0 +1,121 @@
+"""Rewards from a short text spec, as `alignkit score --reward SPEC` takes them.
+
+A spec is `KIND:ARGUMENT`; the kind is everything before the first ":".
+
+=================================  ==========================================================================
+spec                               reward
+=================================  ==========================================================================
+`classifier:PATH`                  `SequenceClassifierReward(PATH)`: any Hugging Face sequence-classification
+                                   folder (or hub id), e.g. the `final/` folder of an `rm_pairwise` run;
+                                   num_labels = k > 1 gives k attributes
+`judge:MODEL`                      `LLMJudge` over `alignkit.models.load(MODEL)` with the default pointwise
+                                   template and the 1..10 scale (the expected score)
+`verifier:max_words=N`             `MaxWords(N)`: 1 iff the completion has 1..N words
+`verifier:min_words=N`             `MinWords(N)`
+`verifier:max_chars=N`             `MaxChars(N)`
+`verifier:required_words=a,b`      `RequiredWords(["a", "b"])`: every word present (whole words, any case)
+`verifier:forbidden_words=a,b`     `ForbiddenWords(["a", "b"])`
+`verifier:json`                    `JsonValid()`: the completion parses as JSON
+`verifier:json_schema=FILE`        `JsonSchema(schema read from FILE)`
+`verifier:refusal`                 `Refusal()`: 1 iff the completion refuses or apologises
+`verifier:regex=PATTERN`           `RegexMatch(PATTERN)`: 1 iff `re.search` finds PATTERN (the pattern is
+                                   everything after the first "=", so it may hold ":", "=" and ",")
+=================================  ==========================================================================
+
+Every reward comes wrapped in `CachedReward` (a repeated (prompt, completion) pair is scored once). A bad
+spec raises `ValueError` listing the valid kinds.
+"""
+
+from __future__ import annotations
+
+import json
+
+from alignkit.models.rewards.base import CachedReward, Reward
+from alignkit.models.rewards.verifiers import (ForbiddenWords, JsonSchema, JsonValid, MaxChars, MaxWords,
+                                               MinWords, Refusal, RegexMatch, RequiredWords)
+
+KINDS = ("classifier:PATH", "judge:MODEL", "verifier:NAME[=VALUE]")
+VERIFIERS = ("max_words=N", "min_words=N", "max_chars=N", "required_words=a,b", "forbidden_words=a,b", "json",
+             "json_schema=FILE", "refusal", "regex=PATTERN")
+
+
+def reward_from_spec(spec: str, *, batch_size: int = 8, device: str | None = None,
+                     max_length: int | None = None) -> Reward:
+    """The `CachedReward` a spec names (see the module docstring); `batch_size` and `device` apply to model
+    rewards (classifier, judge), `max_length` (truncation in tokens) to a classifier."""
+    kind, sep, argument = str(spec).partition(":")
+    kind = kind.strip().lower()
+    if not sep or kind not in ("classifier", "judge", "verifier"):
+        raise ValueError(f"unknown reward spec {spec!r}; valid kinds: {', '.join(KINDS)} "
+                         f"(verifiers: {', '.join(VERIFIERS)})")
+    if kind == "verifier":
+        return CachedReward(verifier_from_spec(argument))
+    if not argument.strip():
+        raise ValueError(f"reward spec {spec!r}: {kind}: needs a {'PATH' if kind == 'classifier' else 'MODEL'}")
+    if kind == "classifier":
+        return CachedReward(_classifier(argument, batch_size, device, max_length))
+    return CachedReward(_judge(argument, batch_size, device))
+
+
+def verifier_from_spec(argument: str) -> Reward:
+    """The verifier of `verifier:ARGUMENT` (ARGUMENT is NAME or NAME=VALUE)."""
+    name, has_value, value = argument.partition("=")
+    name = name.strip().lower()
+    takes_value = {v.split("=")[0]: "=" in v for v in VERIFIERS}
+    if name not in takes_value:
+        raise ValueError(f"unknown verifier {name!r} in 'verifier:{argument}'; valid verifiers: "
+                         + ", ".join(f"verifier:{v}" for v in VERIFIERS))
+    if takes_value[name] and not (has_value and value):
+        usage = next(v for v in VERIFIERS if v.split("=")[0] == name)
+        raise ValueError(f"'verifier:{argument}' needs a value: verifier:{usage}")
+    if not takes_value[name] and has_value:
+        raise ValueError(f"'verifier:{argument}': {name} takes no value (write verifier:{name})")
+    if name in ("max_words", "min_words", "max_chars"):
+        try:
+            n = int(value)
+        except ValueError:
+            raise ValueError(f"'verifier:{argument}': expected an integer, got {value!r}") from None
+        if n < 0:
+            raise ValueError(f"'verifier:{argument}': expected a non-negative integer, got {n}")
+        return {"max_words": MaxWords, "min_words": MinWords, "max_chars": MaxChars}[name](n)
+    if name in ("required_words", "forbidden_words"):
+        words = [w.strip() for w in value.split(",") if w.strip()]
+        if not words:
+            raise ValueError(f"'verifier:{argument}': expected comma-separated words")
+        return RequiredWords(words) if name == "required_words" else ForbiddenWords(words)
+    if name == "json":
+        return JsonValid()
+    if name == "json_schema":
+        try:
+            with open(value, encoding="utf-8") as handle:
+                schema = json.load(handle)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"'verifier:{argument}': cannot read a JSON schema from {value!r}: {err}") from None
+        return JsonSchema(schema)
+    if name == "refusal":
+        return Refusal()
+    import re
+
+    try:
+        return RegexMatch(value)
+    except re.error as err:
+        raise ValueError(f"'verifier:{argument}': invalid regular expression: {err}") from None
+
+
+def _classifier(path: str, batch_size: int, device: str | None, max_length: int | None) -> Reward:
+    from alignkit.models.rewards.classifier import SequenceClassifierReward
+
+    try:
+        return SequenceClassifierReward(path, batch_size=batch_size, device=device, max_length=max_length)
+    except OSError as err:
+        raise ValueError(f"classifier:{path}: cannot load a sequence-classification model: {err}") from None
+
+
+def _judge(name: str, batch_size: int, device: str | None) -> Reward:
+    from alignkit.models import load
+    from alignkit.models.rewards.judge import LLMJudge
+
+    model, tokenizer, *_ = load(name)
+    if device is not None:
+        model.to(device)
+    return LLMJudge(model, tokenizer, batch_size=batch_size)
