@@ -200,6 +200,23 @@ class TrainingRun:
         self.accelerator.wait_for_everyone()
 
 
+def load_model_and_data(config: TrainConfig, objective: Objective,
+                        pairs: Sequence[Grouped] | None) -> tuple[nn.Module, object, list[Grouped]]:
+    """The model to train (a causal LM, or a reward model for `head="reward"` objectives), its tokenizer,
+    and the tokenized training examples (`pairs` when given)."""
+    if objective.head == "lm":
+        model, tokenizer, _ = load(config.model.name_or_path)
+        examples = list(pairs) if pairs is not None else load_training_examples(config, tokenizer, objective)
+        return model, tokenizer, examples
+    if config.model.lora is not None:
+        raise ConfigError(f"objective '{objective.name}' trains a reward head; LoRA is not supported for it yet")
+    tokenizer = load_tokenizer(config.model.name_or_path)
+    pairs = list(pairs) if pairs is not None else load_training_examples(config, tokenizer, objective)
+    # A k-output head: one output, or one per score of the data's rows (rm_multi).
+    model = load_reward_model(config.model.name_or_path, num_labels=len(pairs[0].scores) or 1).model
+    return model, tokenizer, pairs
+
+
 def start_run(config: TrainConfig, *, resume: bool = False,
               pairs: Sequence[Grouped] | None = None) -> TrainingRun:
     """Load the model and data, precompute reference log-probs, build the optimizer; resume if asked.
@@ -224,15 +241,7 @@ def start_run(config: TrainConfig, *, resume: bool = False,
     objective = get(config.objective.name)
     params = objective_params(objective, config.objective.params)
 
-    if objective.head == "reward" and config.model.lora is not None:
-        raise ConfigError(f"objective '{objective.name}' trains a reward head; LoRA is not supported for it yet")
-    if objective.head == "reward":  # a k-output head: one output, or one per score of the data's rows
-        tokenizer = load_tokenizer(config.model.name_or_path)
-        pairs = list(pairs) if pairs is not None else load_training_examples(config, tokenizer, objective)
-        model = load_reward_model(config.model.name_or_path, num_labels=len(pairs[0].scores) or 1).model
-    else:
-        model, tokenizer, _ = load(config.model.name_or_path)
-        pairs = list(pairs) if pairs is not None else load_training_examples(config, tokenizer, objective)
+    model, tokenizer, pairs = load_model_and_data(config, objective, pairs)
     disable_dropout(model)
     if config.activation_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
