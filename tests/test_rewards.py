@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 
 from alignkit.models.rewards import (CachedReward, CalibratedReward, Direction, EmpiricalCDF, ExactMatch,
-                                     ForbiddenWords, JsonSchema, JsonValid, LLMJudge, MaxChars, MaxWords, MinWords,
-                                     PairwiseJudge, Refusal, RegexMatch, RequiredWords, Reward, WeightedSum,
+                                     ForbiddenWords, InstructionChecks, JsonSchema, JsonValid, LLMJudge, MaxChars,
+                                     MaxWords, MinWords, PairwiseJudge, Refusal, RegexMatch, RequiredWords, Reward, WeightedSum,
                                      best_of_n, exponential, signed_exponential, worst_of_n)
+from alignkit.models.rewards.spec import reward_from_spec
 from tests.conftest import tiny_llama
 
 
@@ -241,3 +243,16 @@ def test_sequence_classifier_reward_scalar_and_named_attributes(tmp_path, smol_t
     out = vector(["a", "b"], [" x", " y y"])
     assert out.shape == (2, 2)
     assert Direction(vector, {"verbosity": 1.0})(["a", "b"], [" x", " y y"]).tolist() == pytest.approx(out[:, 1].tolist())
+
+
+def test_instruction_checks_score_each_prompt_by_its_own_check(tmp_path):
+    rows = [{"prompt": [{"role": "user", "content": "Say hi in 2 words."}], "check": {"type": "max_words", "n": 2}},
+            {"prompt": "No commas please.", "check": {"type": "no_commas"}}]
+    path = tmp_path / "checks.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    reward = reward_from_spec(f"verifier:checks={path}")
+    prompts = [rows[0]["prompt"], rows[1]["prompt"], rows[0]["prompt"], rows[1]["prompt"]]
+    completions = ["Hi there", "Yes I will", "Hi there friend", "Yes, I will"]
+    assert reward(prompts, completions).tolist() == [1.0, 1.0, 0.0, 0.0]
+    with pytest.raises(KeyError, match="no instruction check"):
+        InstructionChecks(rows)(["unknown prompt"], ["x"])

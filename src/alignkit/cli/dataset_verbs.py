@@ -38,6 +38,8 @@ for a reward model with k attributes. SPEC is one of
   verifier:json                 1 if the completion parses as JSON (json_schema=FILE: and fits FILE)
   verifier:refusal              1 if the completion refuses or apologises
   verifier:regex=PATTERN        1 if PATTERN is found in the completion
+  verifier:checks=FILE          1 if the completion passes its prompt's `check` in FILE (rows
+                                {prompt, check}, like the demo's held-out set)
 
 calibration (InfAlign): --reference-samples FILE takes rows {prompt, samples: [completions]}, the
 output of `alignkit sample` from the reference policy. For each prompt the reward of its samples

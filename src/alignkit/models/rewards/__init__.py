@@ -6,12 +6,13 @@ from alignkit.models.rewards.calibration import (CalibratedReward, EmpiricalCDF,
 from alignkit.models.rewards.classifier import SequenceClassifierReward
 from alignkit.models.rewards.judge import (DEFAULT_PAIRWISE_TEMPLATE, DEFAULT_POINTWISE_TEMPLATE, LLMJudge,
                                            PairwiseJudge)
-from alignkit.models.rewards.verifiers import (ExactMatch, ForbiddenWords, JsonSchema, JsonValid, MaxChars,
-                                               MaxWords, MinWords, Refusal, RegexMatch, RequiredWords)
+from alignkit.models.rewards.verifiers import (ExactMatch, ForbiddenWords, InstructionChecks, JsonSchema, JsonValid,
+                                               MaxChars, MaxWords, MinWords, Refusal, RegexMatch, RequiredWords)
 
 __all__ = [
     "CachedReward", "CalibratedReward", "Content", "DEFAULT_PAIRWISE_TEMPLATE", "DEFAULT_POINTWISE_TEMPLATE",
-    "Direction", "EmpiricalCDF", "ExactMatch", "ForbiddenWords", "JsonSchema", "JsonValid", "LLMJudge", "MaxChars",
-    "MaxWords", "MinWords", "PairwiseJudge", "Refusal", "RegexMatch", "RequiredWords", "Reward", "SequenceClassifierReward", "TextReward",
-    "WeightedSum", "best_of_n", "exponential", "signed_exponential", "worst_of_n",
+    "Direction", "EmpiricalCDF", "ExactMatch", "ForbiddenWords", "InstructionChecks", "JsonSchema", "JsonValid",
+    "LLMJudge", "MaxChars", "MaxWords", "MinWords", "PairwiseJudge", "Refusal", "RegexMatch", "RequiredWords",
+    "Reward", "SequenceClassifierReward", "TextReward", "WeightedSum", "best_of_n", "exponential",
+    "signed_exponential", "worst_of_n",
 ]

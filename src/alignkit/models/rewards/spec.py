@@ -20,6 +20,8 @@ spec                               reward
 `verifier:refusal`                 `Refusal()`: 1 iff the completion refuses or apologises
 `verifier:regex=PATTERN`           `RegexMatch(PATTERN)`: 1 iff `re.search` finds PATTERN (the pattern is
                                    everything after the first "=", so it may hold ":", "=" and ",")
+`verifier:checks=FILE`             `InstructionChecks`: 1 iff the completion passes its prompt's `check` in
+                                   FILE (rows {prompt, check}, e.g. the demo's held-out set)
 =================================  ==========================================================================
 
 Every reward comes wrapped in `CachedReward` (a repeated (prompt, completion) pair is scored once). A bad
@@ -31,12 +33,12 @@ from __future__ import annotations
 import json
 
 from alignkit.models.rewards.base import CachedReward, Reward
-from alignkit.models.rewards.verifiers import (ForbiddenWords, JsonSchema, JsonValid, MaxChars, MaxWords,
-                                               MinWords, Refusal, RegexMatch, RequiredWords)
+from alignkit.models.rewards.verifiers import (ForbiddenWords, InstructionChecks, JsonSchema, JsonValid, MaxChars,
+                                               MaxWords, MinWords, Refusal, RegexMatch, RequiredWords)
 
 KINDS = ("classifier:PATH", "judge:MODEL", "verifier:NAME[=VALUE]")
 VERIFIERS = ("max_words=N", "min_words=N", "max_chars=N", "required_words=a,b", "forbidden_words=a,b", "json",
-             "json_schema=FILE", "refusal", "regex=PATTERN")
+             "json_schema=FILE", "refusal", "regex=PATTERN", "checks=FILE")
 
 
 def reward_from_spec(spec: str, *, batch_size: int = 8, device: str | None = None,
@@ -94,6 +96,10 @@ def verifier_from_spec(argument: str) -> Reward:
         return JsonSchema(schema)
     if name == "refusal":
         return Refusal()
+    if name == "checks":
+        from alignkit.data import load_records
+
+        return InstructionChecks(record.data for record in load_records(value))
     import re
 
     try:

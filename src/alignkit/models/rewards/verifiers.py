@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
-from alignkit.models.rewards.base import Content, Reward, TextReward, _check_lengths, prompt_text, text_of
-from alignkit.models.verifiers import refusal, words
+from alignkit.models.rewards.base import (Content, Reward, TextReward, _check_lengths, cache_key, prompt_text,
+                                          text_of)
+from alignkit.models.verifiers import check, refusal, words
 
 
 class MaxWords(TextReward):
@@ -267,3 +268,22 @@ class Refusal(TextReward):
 
     def check(self, text: str) -> float:
         return float(refusal(text))
+
+
+class InstructionChecks(Reward):
+    """1.0 iff the completion passes its own prompt's instruction check (`alignkit.models.verifiers.check`),
+    e.g. the demo's held-out rows `{"prompt": ..., "check": {"type": "max_words", "n": 15}}`. Prompts are
+    matched exactly (strings, or message lists by value); an unknown prompt raises a KeyError naming it."""
+
+    def __init__(self, rows: Iterable[Mapping[str, Any]], field: str = "check"):
+        self.checks = {cache_key(row["prompt"], "")[0]: row[field] for row in rows}
+
+    def score(self, prompts: Sequence[Content], completions: Sequence[Content]) -> torch.Tensor:
+        _check_lengths(prompts, completions)
+        values = []
+        for prompt, completion in zip(prompts, completions):
+            key = cache_key(prompt, "")[0]
+            if key not in self.checks:
+                raise KeyError(f"no instruction check for prompt {prompt_text(prompt)[:80]!r}")
+            values.append(float(check(self.checks[key], text_of(completion))))
+        return torch.tensor(values, dtype=torch.float32)
