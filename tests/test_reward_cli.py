@@ -15,12 +15,7 @@ from alignkit.models.rewards import (CachedReward, ForbiddenWords, JsonSchema, J
 from alignkit.models.rewards.spec import reward_from_spec
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: one thread, no contention
 
 
 def _jsonl(path, rows):

@@ -22,13 +22,7 @@ PROMPTS = [[{"role": "user", "content": "What colour is the sky?"}],
            [{"role": "user", "content": "Write a long story about a dragon who learns to read."}]]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is ~100x faster than two on a shared 2-core machine (thread contention)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: one thread, no contention
 
 
 def chat_model(tokenizer, seed=0, **overrides):

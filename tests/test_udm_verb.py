@@ -21,13 +21,7 @@ PROMPTS = [[{"role": "user", "content": "What colour is the sky?"}],
            [{"role": "user", "content": "2+2?"}]]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is much faster than two on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: one thread, no contention
 
 
 def unpaired_rows() -> list[dict]:
