@@ -6,6 +6,7 @@
     alignkit sample --model smollm2-135m-instruct --data prompts.jsonl --k 4 --out samples.jsonl
     alignkit score --models A B --data sft.jsonl --out scored.jsonl
     alignkit data reward-augment --data prefs.jsonl --out goals.jsonl
+    alignkit generate --method best_of_n --model smollm2-135m-instruct --reward verifier:max_words=30 --prompts p.txt --out o.jsonl
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 import textwrap
 
 from alignkit.cli.dataset_verbs import add_dataset_verbs
+from alignkit.cli.generate_verb import add_generate_verb
 
 TRAIN_EPILOG = """\
 overrides are dotted keys of the recipe, for example:
@@ -59,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     objectives = verbs.add_parser("objectives", help="list the registered training objectives")
     objectives.set_defaults(run=_objectives)
     add_dataset_verbs(verbs)
+    add_generate_verb(verbs)
     return parser
 
 

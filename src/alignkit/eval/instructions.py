@@ -88,12 +88,16 @@ def evaluate_instructions(model: PreTrainedModel, tokenizer: PreTrainedTokenizer
     """Greedily complete every row's prompt and score it with the row's check."""
     completions = generate(model, tokenizer, [row["prompt"] for row in rows],
                            max_new_tokens=max_new_tokens, batch_size=batch_size)
-    results = tuple(
-        RowResult(family(row["check"]), check(row["check"], outs[0]), outs[0],
-                  substantive(outs[0], row["topic"]) if "topic" in row else None)
-        for row, outs in zip(rows, completions, strict=True)
-    )
-    return InstructionReport(results)
+    return score_instructions(rows, [outs[0] for outs in completions])
+
+
+def score_instructions(rows: Sequence[dict], completions: Sequence[str]) -> InstructionReport:
+    """Score given completions (one per row, e.g. from a decoding method) with each row's check."""
+    return InstructionReport(tuple(
+        RowResult(family(row["check"]), check(row["check"], text), text,
+                  substantive(text, row["topic"]) if "topic" in row else None)
+        for row, text in zip(rows, completions, strict=True)
+    ))
 
 
 def _cell(passed: int, total: int) -> str:

@@ -1,0 +1,237 @@
+"""`alignkit generate --method NAME`: decoding-time alignment from the command line.
+
+    alignkit generate --method best_of_n --model smollm2-135m-instruct --reward verifier:max_words=30 \\
+        --prompts prompts.jsonl --out completions.jsonl --param n=8
+    echo "Explain tides." | alignkit generate --method urial --model smollm2-135m-instruct --prompts - --out -
+
+Prompts come from a dataset with a `prompt` field (string or message list), a `.txt` file (one prompt per
+line) or stdin (`-`: JSON lines if the first line starts with "{", else one prompt per line). Each output
+row is the input row plus `method`, `completion`, `tokens` and the method's diagnostics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+GENERATE_EPILOG = """\
+methods (alignkit generate --list shows each one's parameters and defaults):
+  best_of_n    --reward SPEC       N samples per prompt, keep the highest reward     (--param n=8)
+  worst_of_n   --reward SPEC       N samples per prompt, keep the lowest reward      (--param n=8)
+  urial        (base model)        URIAL's system prompt and 3 examples, no chat template
+  nudging      --guide MODEL       base writes while confident, the aligned guide when not (--param gamma=0.4)
+  deal         --reward SPEC       top-k candidates + lookahead, scored by log-prob + lambda * reward
+  transfer_q   --reward SPEC       prior top-k re-weighted by exp(alpha * reward of a rollout)
+  genarm       --arm MODEL         sample from pi_base * pi_arm^alpha (repeat --arm for several ARMs)
+  steering     --directions FILE   add coefficient * direction to hidden states (--param coefficient=4)
+               or --contrast FILE  directions from rows {prompt, chosen, rejected} or {positive, negative}
+
+reward specs are those of `alignkit score --reward` (verifier:..., classifier:PATH, judge:MODEL), plus
+verifier:checks=FILE (each prompt's own instruction check). --param KEY=VALUE sets any keyword parameter
+of the method (values are YAML: 8, 0.4, true, [1, 2]); common ones have their own flags below.
+"""
+
+
+def add_generate_verb(verbs: argparse._SubParsersAction) -> None:
+    parser = verbs.add_parser("generate", help="decoding-time alignment: best-of-N, URIAL, nudging, DeAL, ...",
+                              description="Complete prompts with a decoding-time alignment method.",
+                              epilog=GENERATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--method", help="decoding method (see below)")
+    parser.add_argument("--list", action="store_true", help="list the methods with their parameters and exit")
+    parser.add_argument("--model", help="the model that writes (base, prior or policy): name, folder or .gguf")
+    parser.add_argument("--prompts", help="prompts: a dataset with a prompt field, a .txt file, or - for stdin")
+    parser.add_argument("--out", help="output .jsonl (a new file), or - for stdout")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    parser.add_argument("--prompt-field", default="prompt")
+    parser.add_argument("--reward", metavar="SPEC", help="reward for best_of_n, worst_of_n, deal, transfer_q")
+    parser.add_argument("--baseline-reward", metavar="SPEC", help="transfer_q's r_BL (indirect transfer)")
+    parser.add_argument("--rollout-model", metavar="MODEL", help="transfer_q's rollout model (default: --model)")
+    parser.add_argument("--guide", metavar="MODEL", help="nudging's small aligned model")
+    parser.add_argument("--arm", metavar="MODEL", action="append", help="genarm's autoregressive reward model(s)")
+    parser.add_argument("--directions", metavar="FILE", help="steering directions (.safetensors)")
+    parser.add_argument("--contrast", metavar="FILE", help="steering: compute directions from contrastive rows")
+    parser.add_argument("--save-directions", metavar="FILE", help="steering: also save the computed directions")
+    parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="any method parameter")
+    parser.set_defaults(run=_generate_or_exit)
+
+
+def _generate_or_exit(args: argparse.Namespace) -> int:
+    """Bad arguments (a ValueError) end with a one-line message and exit status 2; data errors go to `main`."""
+    from alignkit.data import DataError
+
+    try:
+        return _generate(args)
+    except DataError:
+        raise
+    except (ValueError, KeyError) as err:
+        print(f"alignkit generate: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from alignkit.decode.methods import METHODS, check_parameters, get_method
+
+    if args.list:
+        _print_methods(METHODS)
+        return 0
+    for flag in ("method", "model", "prompts", "out"):
+        if getattr(args, flag) is None:
+            raise ValueError(f"--{flag} is required (or use --list)")
+    method = get_method(args.method)
+    parameters = {**_parameters(args.param), **_common(args)}
+    check_parameters(method, {**parameters, **{need: True for need in method.needs}})
+    if args.out != "-":
+        from alignkit.data.writing import check_output
+
+        check_output(args.out, [args.prompts] if args.prompts != "-" else [], overwrite=args.overwrite)
+    rows, prompts = _read_prompts(args.prompts, args.prompt_field)
+    model, tokenizer = _load(args.model)
+    parameters.update(_inputs(args, method, model, tokenizer))
+    completions = method.function(model, tokenizer, prompts, **parameters)
+    out_rows = [{**row, "method": method.name, **completion.to_json()} for row, completion in zip(rows, completions)]
+    _write(out_rows, args)
+    return 0
+
+
+def _print_methods(methods: dict) -> None:
+    import inspect
+
+    for method in methods.values():
+        print(f"{method.name:<11} {method.description}")
+        print(f"{'':<11} mechanism: {method.mechanism}; needs: {', '.join(method.needs) or 'nothing else'}")
+        print(f"{'':<11} source: {method.source}")
+        shown = {k: v for k, v in method.parameters().items() if v is not inspect.Parameter.empty}
+        print(f"{'':<11} parameters: " + ", ".join(f"{k}={v!r}" for k, v in shown.items()))
+
+
+def _parameters(items: list[str]) -> dict:
+    """--param KEY=VALUE pairs, values parsed as YAML scalars or lists."""
+    import yaml
+
+    parameters = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--param {item!r}: expected KEY=VALUE")
+        parameters[key.strip()] = yaml.safe_load(value)
+    return parameters
+
+
+def _common(args: argparse.Namespace) -> dict:
+    flags = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "seed": args.seed}
+    return {key: value for key, value in flags.items() if value is not None}
+
+
+def _read_prompts(source: str, field: str) -> tuple[list[dict], list]:
+    """(rows, prompts): dataset rows with their prompt field, or {field: line} rows for text input."""
+    from alignkit.data import Record, load_records
+    from alignkit.decode.sampling import checked_prompts
+
+    if source == "-":
+        text = sys.stdin.read()
+        lines = [line for line in text.splitlines() if line.strip()]
+        if lines and lines[0].lstrip().startswith("{"):
+            records = load_records([json.loads(line) for line in lines])
+        else:
+            records = [Record({field: line}, f"stdin line {i}") for i, line in enumerate(lines, 1)]
+    elif source.endswith(".txt"):
+        with open(source, encoding="utf-8") as handle:
+            records = [Record({field: line.rstrip("\n")}, f"{source}, line {i}")
+                       for i, line in enumerate(handle, 1) if line.strip()]
+    else:
+        records = load_records(source)
+    if not records:
+        raise ValueError(f"no prompts in {source}")
+    return [record.data for record in records], checked_prompts(records, field)
+
+
+def _load(name: str):
+    from alignkit.decode.sampling import default_device
+    from alignkit.models import load
+
+    model, tokenizer, _ = load(name)
+    return model.to(default_device()).eval(), tokenizer
+
+
+def _inputs(args: argparse.Namespace, method, model, tokenizer) -> dict:
+    """The extra models, rewards or directions a method takes, loaded from the flags."""
+    from alignkit.models.rewards.spec import reward_from_spec
+
+    accepted = method.parameters()
+    flags = {"reward": args.reward, "baseline_reward": args.baseline_reward, "rollout_model": args.rollout_model,
+             "guide": args.guide, "arm": args.arm, "directions": args.directions or args.contrast}
+    unused = [name for name, value in flags.items() if value and name not in accepted]
+    if unused:
+        raise ValueError(f"--method {method.name} does not take " + ", ".join(f"--{n.replace('_', '-')}" for n in unused))
+
+    inputs: dict = {}
+    if args.reward:
+        inputs["reward"] = reward_from_spec(args.reward)
+    if args.baseline_reward:
+        inputs["baseline_reward"] = reward_from_spec(args.baseline_reward)
+    if args.rollout_model:
+        inputs["rollout_model"] = _load(args.rollout_model)[0]
+    if args.guide:
+        inputs["guide"], inputs["guide_tokenizer"] = _load(args.guide)
+    if args.arm:
+        arms = [_load(name)[0] for name in args.arm]
+        inputs["arm"] = arms[0] if len(arms) == 1 else arms
+    if "directions" in method.needs:
+        inputs["directions"] = _directions(args, model, tokenizer)
+    missing = [need for need in method.needs if need not in inputs]
+    if missing:
+        raise ValueError(f"--method {method.name} needs " + ", ".join(f"--{m}" for m in missing))
+    return inputs
+
+
+def _directions(args: argparse.Namespace, model, tokenizer) -> dict:
+    from alignkit.decode.steering import load_directions, save_directions, steering_directions
+
+    if bool(args.directions) == bool(args.contrast):
+        raise ValueError("--method steering needs exactly one of --directions FILE or --contrast FILE")
+    if args.directions:
+        return load_directions(args.directions)
+    positive, negative = _contrast_texts(args.contrast, tokenizer)
+    directions = steering_directions(model, tokenizer, positive, negative)
+    if args.save_directions:
+        save_directions(directions, args.save_directions)
+    return directions
+
+
+def _contrast_texts(path: str, tokenizer) -> tuple[list[str], list[str]]:
+    """Positive and negative texts: rows {positive, negative}, or preference rows whose prompt is rendered
+    with the chat template and followed by the chosen (positive) or rejected (negative) answer."""
+    from alignkit.data import DataError, load_records
+    from alignkit.decode.core import prompt_text
+    from alignkit.models.rewards.base import text_of
+
+    positive, negative, problems = [], [], []
+    for record in load_records(path):
+        row = record.data
+        if "positive" in row and "negative" in row:
+            positive.append(str(row["positive"]))
+            negative.append(str(row["negative"]))
+        elif all(key in row for key in ("prompt", "chosen", "rejected")):
+            prefix = prompt_text(tokenizer, row["prompt"])
+            positive.append(prefix + text_of(row["chosen"]))
+            negative.append(prefix + text_of(row["rejected"]))
+        else:
+            problems.append(f"{record.where}: needs fields positive and negative, or prompt, chosen and rejected")
+    if problems:
+        raise DataError("\n".join(problems))
+    return positive, negative
+
+
+def _write(rows: list[dict], args: argparse.Namespace) -> None:
+    if args.out == "-":
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False))
+        return
+    from alignkit.data.writing import write_jsonl
+
+    write_jsonl(rows, args.out, inputs=[args.prompts] if args.prompts != "-" else [], overwrite=args.overwrite)
+    print(f"wrote {len(rows)} completions to {args.out}", file=sys.stderr)
