@@ -3,15 +3,19 @@ LCP-cached incremental forward against a full recompute, and the takeover rule o
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 from tests.conftest import tiny_llama
 
 from alignkit.decode.core import generated_length
-from alignkit.decode.nudging import is_word_initial, nudging, takeover_index
+from alignkit.decode.nudging import BASE_FORMAT, is_word_initial, nudging, takeover_index
 from alignkit.decode.nudging_text import IncrementalLM, TextView, encode
 
 PROMPT = "The quick brown fox"
+# the base reads the bare prompt in most tests (its default is the official just-eval format, tested below)
+nudge_raw = partial(nudging, base_format="{prompt}")
 # Larger initial weights than the default 0.02 make the random models' next-token distributions peaked
 # (top-1 probabilities spread over roughly 0.15–0.95), so that an intermediate γ lets both models write.
 PEAKED = {"initializer_range": 1.0}
@@ -46,17 +50,18 @@ def greedy(model, tokenizer, text: str, max_new_tokens: int) -> tuple[str, int]:
 @pytest.mark.parametrize("mode", ["token", "text"])
 def test_gamma_zero_is_the_base_greedy_decoding(models, smol_tokenizer, mode):
     base, guide = models
-    result = nudging(base, smol_tokenizer, [PROMPT], guide=guide, gamma=0.0, max_new_tokens=24, mode=mode)[0]
+    result = nudge_raw(base, smol_tokenizer, [PROMPT], guide=guide, gamma=0.0, max_new_tokens=24, mode=mode)[0]
     text, length = greedy(base, smol_tokenizer, PROMPT, 24)
     assert (result.text, result.tokens) == (text, length)
     assert result.diagnostics["nudged_fraction"] == 0.0
     assert result.diagnostics["nudging_rounds"] == 0.0
 
 
-def test_gamma_one_is_the_guide_greedy_decoding_token_level(models, smol_tokenizer):
+@pytest.mark.parametrize("lazy_draft", [True, False])
+def test_gamma_one_is_the_guide_greedy_decoding_token_level(models, smol_tokenizer, lazy_draft):
     base, guide = models
-    result = nudging(base, smol_tokenizer, [PROMPT], guide=guide, gamma=1.0, max_new_tokens=40, draft_tokens=16,
-                     mode="token")[0]
+    result = nudge_raw(base, smol_tokenizer, [PROMPT], guide=guide, gamma=1.0, max_new_tokens=40, draft_tokens=16,
+                     mode="token", lazy_draft=lazy_draft)[0]
     text, length = greedy(guide, smol_tokenizer, PROMPT, 40)
     assert (result.text, result.tokens) == (text, length)
     assert result.diagnostics["nudged_fraction"] == 1.0
@@ -67,20 +72,21 @@ def test_gamma_one_is_the_guide_greedy_decoding_text_level(models, smol_tokenize
     """Text level counts the guide's text in base tokens (re-tokenized), so the answer is a prefix of the
     guide's longer greedy text, at least `max_new_tokens` base tokens long."""
     base, guide = models
-    result = nudging(base, smol_tokenizer, [PROMPT], guide=guide, gamma=1.0, max_new_tokens=40, mode="text")[0]
+    result = nudge_raw(base, smol_tokenizer, [PROMPT], guide=guide, gamma=1.0, max_new_tokens=40, mode="text")[0]
     text, _ = greedy(guide, smol_tokenizer, PROMPT, 80)
     assert result.text and text.startswith(result.text)
     assert result.tokens >= 40
     assert result.diagnostics["nudged_fraction"] == 1.0
 
 
-@pytest.mark.parametrize("mode", ["token", "text"])
-def test_cached_and_uncached_paths_agree_where_both_models_write(models, smol_tokenizer, mode):
+@pytest.mark.parametrize("mode, lazy_draft", [("token", True), ("token", False), ("text", True)])
+def test_cached_and_uncached_paths_agree_where_both_models_write(models, smol_tokenizer, mode, lazy_draft):
     base, guide = models
     prompts = [PROMPT, [{"role": "user", "content": "Name a colour."}]]
-    settings = {"guide": guide, "gamma": 0.5, "max_new_tokens": 32, "draft_tokens": 8, "mode": mode}
-    cached = nudging(base, smol_tokenizer, prompts, **settings)
-    uncached = nudging(base, smol_tokenizer, prompts, use_cache=False, **settings)
+    settings = {"guide": guide, "gamma": 0.5, "max_new_tokens": 32, "draft_tokens": 8, "mode": mode,
+                "lazy_draft": lazy_draft}
+    cached = nudge_raw(base, smol_tokenizer, prompts, **settings)
+    uncached = nudge_raw(base, smol_tokenizer, prompts, use_cache=False, **settings)
     for fast, slow in zip(cached, uncached):
         assert (fast.text, fast.tokens) == (slow.text, slow.tokens)
         for key in ("nudged_fraction", "nudging_rounds"):
@@ -89,11 +95,26 @@ def test_cached_and_uncached_paths_agree_where_both_models_write(models, smol_to
         assert fast.diagnostics["forward_passes_per_token"] > 1.0
 
 
-def test_guide_first_keeps_the_draft_up_to_its_second_word_at_gamma_zero(models, smol_tokenizer):
+def test_lazy_and_verified_drafts_keep_the_same_tokens(models, smol_tokenizer):
+    """Without EOS in a draft the two round forms keep identical tokens (the lazy one only skips computing
+    draft tokens that would be thrown away)."""
+    base, guide = models
+    prompts = [PROMPT, [{"role": "user", "content": "Name a colour."}]]
+    settings = {"guide": guide, "gamma": 0.5, "max_new_tokens": 32, "draft_tokens": 8, "mode": "token"}
+    lazy = nudge_raw(base, smol_tokenizer, prompts, lazy_draft=True, **settings)
+    verified = nudge_raw(base, smol_tokenizer, prompts, lazy_draft=False, **settings)
+    for fast, full in zip(lazy, verified):
+        assert (fast.text, fast.tokens) == (full.text, full.tokens)
+        assert fast.diagnostics["nudged_fraction"] == full.diagnostics["nudged_fraction"]
+        assert 0.0 < fast.diagnostics["nudged_fraction"] < 1.0
+
+
+@pytest.mark.parametrize("lazy_draft", [True, False])
+def test_guide_first_keeps_the_draft_up_to_its_second_word_at_gamma_zero(models, smol_tokenizer, lazy_draft):
     """Official order (the guide drafts first): at γ=0 the base takes over at the draft's second word."""
     base, guide = models
-    result = nudging(base, smol_tokenizer, [PROMPT], guide=guide, gamma=0.0, max_new_tokens=30, mode="token",
-                     guide_first=True)[0]
+    result = nudge_raw(base, smol_tokenizer, [PROMPT], guide=guide, gamma=0.0, max_new_tokens=30, mode="token",
+                     guide_first=True, lazy_draft=lazy_draft)[0]
     prompt = encode(smol_tokenizer, PROMPT)
     draft = greedy_ids(guide, prompt, 16)
     keep = next(j for j in range(1, 16) if is_word_initial(smol_tokenizer, draft[j]))
@@ -160,4 +181,12 @@ def test_lcp_cached_forward_equals_full_recompute_on_text(plain_model, smol_toke
 def test_only_batch_size_one_is_supported(models, smol_tokenizer):
     base, guide = models
     with pytest.raises(ValueError, match="batch_size"):
-        nudging(base, smol_tokenizer, [PROMPT], guide=guide, batch_size=2)
+        nudge_raw(base, smol_tokenizer, [PROMPT], guide=guide, batch_size=2)
+
+
+def test_default_base_prompt_is_the_official_instruction_format(models, smol_tokenizer):
+    base, guide = models
+    result = nudging(base, smol_tokenizer, [[{"role": "user", "content": "Name a colour."}]], guide=guide, gamma=0.0,
+                     max_new_tokens=12)[0]
+    assert BASE_FORMAT == "You are a helpful assistant.\nInstruction: {prompt}\n"
+    assert result.text == greedy(base, smol_tokenizer, BASE_FORMAT.format(prompt="Name a colour."), 12)[0]

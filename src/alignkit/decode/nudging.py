@@ -9,10 +9,14 @@ and the base writes its own greedy token there. Greedy decoding throughout (temp
 code), so `seed` has no effect.
 
 Two levels:
-* token level (same vocabulary and ids): the caching notebook [code: fywalter/nudging@2ffbf1f
-  nudging_with_caching.ipynb]: the whole draft is verified in ONE base forward, and both KV caches are
-  cropped (`DynamicCache.crop`, via the longest common prefix) to the accepted tokens; tokens the base writes
-  reach the guide's cache in one forward before its next draft.
+* token level (same vocabulary and ids), both KV caches kept in step (`DynamicCache.crop` via the longest
+  common prefix); tokens the base writes reach the guide's cache in one forward before its next draft. By
+  default the guide drafts lazily, one token at a time, and stops where the base takes over, so no draft
+  token is computed and thrown away (one guide forward per kept token plus one per round). With
+  `lazy_draft=False` it follows the caching notebook [code: fywalter/nudging@2ffbf1f
+  nudging_with_caching.ipynb]: a full `draft_tokens` draft, verified in ONE base forward, then cut. The two
+  keep the same tokens except when the full draft ends with EOS after the takeover point (the notebook
+  accepts such a draft whole; the lazy draft is cut at the takeover point).
 * text level (different tokenizers): the word-level API algorithm of decoding.md §2.1 (`nudging_text.py`).
 
 Deviations, stated: the official API and notebook start every answer with a guide draft; here the base
@@ -27,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignkit.decode.core import Completion, ForwardCounter, evaluating, prompt_text
@@ -42,6 +47,12 @@ from alignkit.decode.nudging_text import (
 )
 
 NudgingMode = Literal["auto", "token", "text"]
+
+# The base model's prompt in the official code for instruction data (just-eval): f"{system}\n{instruction}\n
+# {answer_start}" with system "You are a helpful assistant.", instruction "Instruction: " + the query, and an
+# empty answer start [code: fywalter/nudging@9019a09 dataset_utils.py PROMPTS["justeval"], utils.py
+# apply_instruct_template for base models].
+BASE_FORMAT = "You are a helpful assistant.\nInstruction: {prompt}\n"
 
 
 def is_word_initial(tokenizer: PreTrainedTokenizerBase, token: int) -> bool:
@@ -72,14 +83,50 @@ def guide_draft(guide: IncrementalLM, prefix: list[int], limit: int, eos: int | 
     return draft
 
 
-def nudge_tokens(base: IncrementalLM, guide: IncrementalLM, base_prompt: list[int], guide_prompt: list[int],
-                 tokenizer: PreTrainedTokenizerBase, settings: NudgingSettings) -> Outcome:
-    """Token-level nudging with both KV caches kept in step (the caching notebook's loop, base first).
+def guide_writes(base: IncrementalLM, guide: IncrementalLM, base_prefix: list[int], guide_prefix: list[int],
+                 base_logits: torch.Tensor, tokenizer: PreTrainedTokenizerBase, limit: int,
+                 gamma: float) -> tuple[list[int], torch.Tensor]:
+    """One nudging round, drafted lazily: the guide writes greedily one token at a time (its first forward also
+    catches its cache up with the tokens the base wrote) and the base reads each drafted token, until the next
+    draft token d_j (j ≥ 1) is word-initial while the base is confident before it (p* ≥ γ), or `limit` tokens,
+    or EOS. Returns the kept tokens and the base's logits after them (computed on the way: no extra forward).
 
-    A draft d_0..d_{k-1} is verified in one base forward over it: row m of that forward holds the base's
-    distribution after d_m, so `takeover_index` reads the base's p* before every d_j (j ≥ 1) at once. The
-    base's cache is then cropped to the kept tokens lazily, by the LCP in the next `logits_after` call; the
-    guide's likewise before its next draft. A draft that ends with EOS is accepted whole and ends the answer.
+    The kept tokens equal those of drafting `limit` tokens and cutting at `takeover_index`, except that a draft
+    whose EOS comes after the takeover point is cut there instead of being accepted whole.
+    """
+    eos = tokenizer.eos_token_id
+    written: list[int] = []
+    while len(written) < limit:
+        token, _ = top1(guide.logits_after(guide_prefix + written)[-1])
+        if written and is_word_initial(tokenizer, token) and top1(base_logits)[1] >= gamma:
+            break
+        written.append(token)
+        if token == eos:
+            break
+        base_logits = base.logits_after(base_prefix + written)[-1]
+    return written, base_logits
+
+
+def guide_writes_verified(base: IncrementalLM, guide: IncrementalLM, base_prefix: list[int],
+                          guide_prefix: list[int], tokenizer: PreTrainedTokenizerBase, limit: int,
+                          gamma: float) -> tuple[list[int], torch.Tensor | None]:
+    """One nudging round as the caching notebook does it: the guide drafts `limit` tokens, the base verifies the
+    whole draft in ONE forward (row m holds its distribution after d_m), and the draft is cut at
+    `takeover_index`. A draft that ends with EOS is accepted whole (base logits None: the answer ends)."""
+    eos = tokenizer.eos_token_id
+    draft = guide_draft(guide, guide_prefix, limit, eos)
+    if draft[-1] == eos:
+        return draft, None
+    rows = base.logits_after(base_prefix + draft, positions=len(draft))
+    keep = takeover_index(draft, [top1(row)[1] for row in rows], gamma, [is_word_initial(tokenizer, t) for t in draft])
+    return draft[:keep], rows[keep - 1]
+
+
+def nudge_tokens(base: IncrementalLM, guide: IncrementalLM, base_prompt: list[int], guide_prompt: list[int],
+                 tokenizer: PreTrainedTokenizerBase, settings: NudgingSettings, lazy_draft: bool = True) -> Outcome:
+    """Token-level nudging with both KV caches kept in step (base first; `IncrementalLM` crops each cache to the
+    longest common prefix with the kept tokens). The base writes while p* ≥ γ; otherwise one round of
+    `guide_writes` (lazy, default) or `guide_writes_verified` (the notebook's draft-then-verify) runs.
     """
     eos = tokenizer.eos_token_id
     out: list[int] = []
@@ -99,16 +146,16 @@ def nudge_tokens(base: IncrementalLM, guide: IncrementalLM, base_prompt: list[in
         if rounds >= settings.max_rounds:
             break
         rounds += 1
-        draft = guide_draft(guide, guide_prompt + out, min(settings.draft_tokens, settings.max_new_tokens - len(out)),
-                            eos)
-        if draft[-1] == eos:
-            out, nudged = out + draft, nudged + len(draft)
+        limit = min(settings.draft_tokens, settings.max_new_tokens - len(out))
+        if lazy_draft:
+            written, base_logits = guide_writes(base, guide, base_prompt + out, guide_prompt + out, base_logits,
+                                                tokenizer, limit, settings.gamma)
+        else:
+            written, base_logits = guide_writes_verified(base, guide, base_prompt + out, guide_prompt + out,
+                                                         tokenizer, limit, settings.gamma)
+        out, nudged = out + written, nudged + len(written)
+        if written[-1] == eos:
             break
-        rows = base.logits_after(base_prompt + out + draft, positions=len(draft))
-        keep = takeover_index(draft, [top1(row)[1] for row in rows], settings.gamma,
-                              [is_word_initial(tokenizer, t) for t in draft])
-        out, nudged = out + draft[:keep], nudged + keep
-        base_logits = rows[keep - 1]
     return Outcome(tokenizer.decode(out, skip_special_tokens=True).strip(), len(out), nudged, rounds)
 
 
@@ -122,14 +169,16 @@ def nudging(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts:
             draft_tokens: int = 16, max_new_tokens: int = 128, chat_template: bool = False,
             guide_chat_template: bool = True, seed: int | None = 0, batch_size: int = 1,
             mode: NudgingMode = "auto", use_cache: bool = True, max_rounds: int = 150,
-            guide_first: bool = False) -> list[Completion]:
+            guide_first: bool = False, lazy_draft: bool = True, base_format: str = BASE_FORMAT) -> list[Completion]:
     """Nudge the base `model` with the small aligned `guide` (arXiv 2410.09300; decoding.md §2).
 
     Defaults: γ = 0.4 (README/notebook; argparse 0.3, UNVERIFIED which the paper used), `draft_tokens` = 16
     (`completion_token_num_nudging`), `max_rounds` = 150 (`max_round`), greedy decoding. The base reads the raw
-    prompt (`chat_template=False`, the official base format), the guide its chat template. `mode="auto"` picks
+    prompt in `base_format` (`{prompt}` is the query text; default the official just-eval format
+    `BASE_FORMAT`) unless `chat_template=True`, the guide its chat template. `mode="auto"` picks
     the token level when both tokenizers have the same vocabulary, else the text level; `use_cache=False`
-    recomputes every forward over the whole sequence (reference path). Prompts are processed one after
+    recomputes every forward over the whole sequence (reference path); `lazy_draft` (token level) drafts one
+    token at a time instead of the notebook's full draft (see the module docstring). Prompts are processed one after
     another: only `batch_size=1` is supported (`seed` is unused: decoding is greedy).
 
     Diagnostics: `nudged_fraction` (guide-written / all output tokens, in base tokens), `nudging_rounds`
@@ -149,13 +198,14 @@ def nudging(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts:
     completions = []
     with evaluating(model, guide):
         for prompt in prompts:
-            base_text = prompt_text(tokenizer, prompt, chat_template)
+            base_text = prompt_text(tokenizer, prompt, True) if chat_template else \
+                base_format.format(prompt=prompt_text(tokenizer, prompt, False))
             guide_text = prompt_text(guide_tokenizer, prompt, guide_chat_template)
             base_lm, guide_lm = IncrementalLM(model, use_cache), IncrementalLM(guide, use_cache)
             with ForwardCounter(model, guide) as counter:
                 if token_level:
                     outcome = nudge_tokens(base_lm, guide_lm, encode(tokenizer, base_text),
-                                           encode(guide_tokenizer, guide_text), tokenizer, settings)
+                                           encode(guide_tokenizer, guide_text), tokenizer, settings, lazy_draft)
                 else:
                     outcome = nudge_text(TextView(base_lm, tokenizer, base_text),
                                          TextView(guide_lm, guide_tokenizer, guide_text),
