@@ -17,6 +17,7 @@ other) this module raises DataError instead. Extra fields are ignored.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -137,10 +138,10 @@ def _check_completion(value: Content, field: str) -> None:
             raise _RowProblem(field, f"empty completion (assistant message {number} has empty content)")
 
 
-def _shared_length(chosen: Content, rejected: Content) -> int:
-    """How many leading items (characters or messages) ``chosen`` and ``rejected`` share."""
+def common_prefix_length(a: Sequence, b: Sequence) -> int:
+    """How many leading items (characters, messages or token ids) ``a`` and ``b`` share."""
     shared = 0
-    for left, right in zip(chosen, rejected):
+    for left, right in zip(a, b):
         if left != right:
             break
         shared += 1
@@ -160,7 +161,7 @@ def _check_diverges(chosen: Content, rejected: Content, shared: int) -> None:
 def _split_text(chosen: str, rejected: str) -> tuple[str, str, str]:
     """Implicit string prompt: the longest common prefix, minus a trailing space (which goes to the
     completions), as TRL's ``extract_prompt`` does."""
-    shared = _shared_length(chosen, rejected)
+    shared = common_prefix_length(chosen, rejected)
     _check_diverges(chosen, rejected, shared)
     if shared and chosen[shared - 1] == " ":
         shared -= 1
@@ -173,7 +174,7 @@ def _split_text(chosen: str, rejected: str) -> tuple[str, str, str]:
 def _split_messages(chosen: list, rejected: list) -> tuple[list, list, list]:
     """Implicit conversational prompt: the longest shared leading message list; the rest of each
     conversation must start with an assistant message."""
-    shared = _shared_length(chosen, rejected)
+    shared = common_prefix_length(chosen, rejected)
     if shared == 0:
         raise _RowProblem("prompt", "implicit prompt: 'chosen' and 'rejected' share no leading messages, so "
                                     "there is no prompt; add a 'prompt' field")

@@ -21,6 +21,8 @@ from typing import NamedTuple
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from alignkit.data.preferences import common_prefix_length
+
 
 @dataclass(frozen=True)
 class NudgingSettings:
@@ -40,16 +42,6 @@ class Outcome(NamedTuple):
     tokens: int
     nudged_tokens: int
     rounds: int
-
-
-def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
-    """Number of leading positions where the two token sequences agree."""
-    length = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        length += 1
-    return length
 
 
 def top1(logits: torch.Tensor) -> tuple[int, float]:

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from alignkit.data.preferences import common_prefix_length
 from alignkit.decode.core import Completion, ForwardCounter, evaluating, seeded
 from alignkit.decode.generate import Prompt
 
@@ -104,13 +105,7 @@ def tokens_until_stop(tokenizer: PreTrainedTokenizerBase, new_ids: torch.Tensor,
 def shared_prefix_length(prefix_ids: list[int], rows: Sequence[list[int]]) -> int:
     """How many leading tokens of the preamble tokenization every row starts with (the cacheable part).
     Equal to `len(prefix_ids)` unless a BPE merge crosses the preamble/suffix boundary."""
-    shared = len(prefix_ids)
-    for row in rows:
-        same = 0
-        while same < min(shared, len(row) - 1) and row[same] == prefix_ids[same]:
-            same += 1
-        shared = same
-    return shared
+    return min([len(prefix_ids)] + [common_prefix_length(prefix_ids, row[:-1]) for row in rows])
 
 
 def prefill(model: PreTrainedModel, prefix_ids: list[int]) -> DynamicCache:

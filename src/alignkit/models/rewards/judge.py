@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 import torch
 
+from alignkit.data.preferences import common_prefix_length
 from alignkit.models.rewards.base import Content, Reward, _check_lengths, text_of
 
 DEFAULT_POINTWISE_TEMPLATE = (
@@ -109,11 +110,8 @@ class _NextTokenJudge:
 
 
 def _common_prefix(seqs: list[list[int]]) -> int:
-    n = min(len(s) for s in seqs)
-    for j in range(n):
-        if any(s[j] != seqs[0][j] for s in seqs):
-            return j
-    return n
+    """How many leading token ids all sequences share."""
+    return min(common_prefix_length(seqs[0], s) for s in seqs)
 
 
 def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
