@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from alignkit.data.prompts import render_prompt
 from alignkit.decode import (
     best_of_n,
     deal,
@@ -42,7 +43,6 @@ from alignkit.decode.core import (
     ForwardCounter,
     encode_left_padded,
     generated_length,
-    prompt_text,
     seeded,
 )
 from alignkit.decode.nudging import BASE_FORMAT
@@ -127,8 +127,8 @@ def main() -> None:
     aligned, aligned_tokenizer, _ = load(args.aligned)
     model.eval(), aligned.eval()
     prompts = [row["prompt"] for row in load_heldout()[:args.prompts]]
-    chat = [prompt_text(tokenizer, p) for p in prompts]
-    raw = [prompt_text(tokenizer, p, chat_template=False) for p in prompts]
+    chat = [render_prompt(tokenizer, p) for p in prompts]
+    raw = [render_prompt(tokenizer, p, chat_template=False) for p in prompts]
     reward = WeightedSum([MaxWords(40), RequiredWords(["you"])], [1.0, 1.0])
     with unreachable_eos([(model, tokenizer), (aligned, aligned_tokenizer)]):
         results = run_all(args, model, tokenizer, aligned, aligned_tokenizer, prompts, chat, raw, reward)

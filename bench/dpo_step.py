@@ -19,10 +19,10 @@ import torch
 
 from alignkit.data import (
     TruncationConfig,
-    collate_pairs,
+    collate_rows,
     collate_shared_prefix,
-    load_preferences,
-    tokenize_preferences,
+    load_examples,
+    tokenize_examples,
 )
 from alignkit.data.builtin import resolve_source
 from alignkit.models import DEFAULT_MODEL, load
@@ -70,13 +70,13 @@ def main() -> None:
 
     model, tokenizer, _ = load(DEFAULT_MODEL)
     model.train()
-    examples = load_preferences(resolve_source("builtin:demo/train.jsonl"))
-    pairs, _ = tokenize_preferences(examples[: args.batch_size * (args.steps + 1)], tokenizer,
+    examples = load_examples(resolve_source("builtin:demo/train.jsonl"), "preference")
+    pairs, _ = tokenize_examples(examples[: args.batch_size * (args.steps + 1)], tokenizer,
                                     TruncationConfig(max_length=256, max_prompt_length=128))
     batches, shared_batches, packed_batches, one_row_batches = [], [], [], []
     for start in range(0, len(pairs), args.batch_size):
         chunk = pairs[start:start + args.batch_size]
-        batch = collate_pairs(chunk, tokenizer.pad_token_id)
+        batch = collate_rows(chunk, tokenizer.pad_token_id)
         with torch.no_grad():
             chosen, rejected = pair_logps(CompletionScorer(model), batch)
         batch["ref_chosen"], batch["ref_rejected"] = chosen.sum - 1.0, rejected.sum + 1.0  # a non-trivial margin

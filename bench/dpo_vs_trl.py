@@ -8,7 +8,7 @@ SmolLM2-135M-Instruct, fp32) with DPO (sigmoid loss, β 0.1) on the same pairs o
 
 * `trl`: DPOTrainer as it comes (a second copy of the model scores the reference every step);
 * `trl-precompute`: DPOTrainer with `precompute_ref_log_probs=True`;
-* `alignkit`: `alignkit.train.start_run` with its defaults (reference precomputed, prefix sharing).
+* `alignkit`: `alignkit.train.Trainer.prepare` with its defaults (reference precomputed, prefix sharing).
 
 The `trl` worker tokenizes the data with DPOTrainer and writes the token ids; alignkit is fed those very
 ids. The optimizer steps follow alignkit's `BatchPlan`; the TRL workers collate the same rows with
@@ -147,11 +147,11 @@ class TrlWorker:
 
 class AlignkitWorker:
     def __init__(self, args: argparse.Namespace):
-        from alignkit.data import TokenizedPair
-        from alignkit.train import load_config, start_run
+        from alignkit.data import TokenizedExample
+        from alignkit.train import Trainer, load_config
 
         self.rows: Rows = json.loads((Path(args.workdir) / "ids.json").read_text())
-        pairs = [TokenizedPair(tuple(p), tuple(c), tuple(r), index, f"TRL row {index}")
+        pairs = [TokenizedExample.pair(tuple(p), tuple(c), tuple(r), index, f"TRL row {index}")
                  for index, (p, c, r) in enumerate(self.rows)]
         config = load_config(None, [
             f"model.name_or_path={args.model}", f"objective.params.beta={args.beta}", f"batch_size={args.batch_size}",
@@ -159,7 +159,7 @@ class AlignkitWorker:
             "progress=false", f"output_dir={Path(args.workdir) / 'alignkit'}", "overwrite=true",
             "reference.cache=false",
         ])
-        self.run = start_run(config, pairs=pairs)
+        self.run = Trainer.prepare(config, examples=pairs)
 
     def ready(self) -> dict[str, Any]:
         return {"ids_digest": rows_digest(self.rows),
@@ -167,7 +167,7 @@ class AlignkitWorker:
                              f"(fused={self.run.optimizer.optimizer.defaults.get('fused')})"}
 
     def step(self, indices: list[int]) -> tuple[float, Rows]:
-        planned = self.run.plan.step_batches(self.run.state.step)
+        planned = self.run.source.plan.step_batches(self.run.state.step)
         if planned != [indices]:
             raise RuntimeError(f"alignkit's plan for step {self.run.state.step} is {planned}, "
                                f"the driver sent {indices}")

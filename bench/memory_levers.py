@@ -30,11 +30,11 @@ FILL_CACHE_FIRST = {"separate reference model, cached"}  # an unmeasured run fil
 
 CHILD = """
 import json, resource, sys, time
-from alignkit.train import load_config, start_run
-run = start_run(load_config("recipes/demo_dpo_smollm2.yaml", sys.argv[1:]))
+from alignkit.train import Trainer, load_config
+run = Trainer.prepare(load_config("recipes/demo_dpo_smollm2.yaml", sys.argv[1:]))
 setup_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 seconds = []
-while run.state.step < run.plan.total_steps:
+while run.state.step < run.source.total_steps:
     started = time.perf_counter()
     run.step()
     seconds.append(time.perf_counter() - started)

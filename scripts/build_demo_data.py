@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from alignkit.decode.generate import generate
+from alignkit.decode.sampling import draw_samples
 from alignkit.models import DEFAULT_MODEL, load
 from alignkit.models.verifiers import check, on_topic
 
@@ -112,9 +112,9 @@ def main() -> None:
     if args.from_samples:
         samples = [json.loads(line)["samples"] for line in args.from_samples.read_text().splitlines()]
     else:
-        samples = generate(model, tokenizer, [row["prompt"] for row in train_rows],
-                           max_new_tokens=args.max_new_tokens, do_sample=True, temperature=args.temperature,
-                           num_return_sequences=args.samples, batch_size=args.batch_size, seed=args.seed)
+        samples, _, _ = draw_samples(model, tokenizer, [row["prompt"] for row in train_rows], n=args.samples,
+                                     max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                     batch_size=args.batch_size, seed=args.seed)
         args.samples_out.parent.mkdir(parents=True, exist_ok=True)
         write_jsonl(args.samples_out, [{**row, "samples": outs} for row, outs in zip(train_rows, samples)])
     seconds = time.time() - start

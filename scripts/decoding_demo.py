@@ -22,13 +22,13 @@ import time
 from pathlib import Path
 
 from alignkit.data import load_records
+from alignkit.data.prompts import render_prompt, text_of
 from alignkit.decode import best_of_n, nudging, steering, steering_directions, urial, worst_of_n
-from alignkit.decode.core import Completion, prompt_text
-from alignkit.decode.generate import generate
+from alignkit.decode.core import Completion
+from alignkit.decode.sampling import draw_samples
 from alignkit.eval.instructions import PASSED_SUBSTANTIVE, load_heldout, score_instructions
 from alignkit.models import load
 from alignkit.models.rewards import InstructionChecks
-from alignkit.models.rewards.base import text_of
 
 DEMO_TRAIN = Path(__file__).resolve().parents[1] / "src" / "alignkit" / "data" / "demo" / "train.jsonl"
 
@@ -50,11 +50,15 @@ def mean_of(completions: list[Completion], key: str) -> float:
     return sum(c.diagnostics[key] for c in completions) / len(completions)
 
 
+def greedy(model, tokenizer, prompts, max_new_tokens: int) -> list[list[str]]:
+    return draw_samples(model, tokenizer, prompts, n=1, temperature=0, max_new_tokens=max_new_tokens, batch_size=16)[0]
+
+
 def part_urial(model, tokenizer, rows, args) -> dict:
     prompts = [row["prompt"] for row in rows]
-    raw = [prompt_text(tokenizer, p, chat_template=False) for p in prompts]
-    chat, t_chat = timed(lambda: generate(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens))
-    plain, t_plain = timed(lambda: generate(model, tokenizer, raw, max_new_tokens=args.max_new_tokens))
+    raw = [render_prompt(tokenizer, p, chat_template=False) for p in prompts]
+    chat, t_chat = timed(lambda: greedy(model, tokenizer, prompts, args.max_new_tokens))
+    plain, t_plain = timed(lambda: greedy(model, tokenizer, raw, args.max_new_tokens))
     urial_out, t_urial = timed(lambda: urial(model, tokenizer, raw, max_new_tokens=args.max_new_tokens))
     return {"chat_template": summary(rows, [c[0] for c in chat], t_chat),
             "no_template": summary(rows, [c[0] for c in plain], t_plain),
@@ -71,14 +75,14 @@ def part_nudging(model, tokenizer, rows, args) -> dict:
                                              gamma=gamma, max_new_tokens=args.max_new_tokens))
         results[f"gamma={gamma}"] = summary(rows, [c.text for c in out], seconds,
                                             {"nudged_fraction": round(mean_of(out, "nudged_fraction"), 4)})
-    aligned, seconds = timed(lambda: generate(guide, guide_tokenizer, prompts, max_new_tokens=args.max_new_tokens))
+    aligned, seconds = timed(lambda: greedy(guide, guide_tokenizer, prompts, args.max_new_tokens))
     results["guide_alone"] = summary(rows, [c[0] for c in aligned], seconds)
     return results
 
 
 def part_steering(model, tokenizer, rows, args) -> dict:
     pairs = [record.data for record in load_records(DEMO_TRAIN)][:args.contrast_pairs]
-    prefixes = [prompt_text(tokenizer, pair["prompt"]) for pair in pairs]
+    prefixes = [render_prompt(tokenizer, pair["prompt"]) for pair in pairs]
     positive = [p + text_of(pair["chosen"]) for p, pair in zip(prefixes, pairs)]
     negative = [p + text_of(pair["rejected"]) for p, pair in zip(prefixes, pairs)]
     directions, t_read = timed(lambda: steering_directions(model, tokenizer, positive, negative))

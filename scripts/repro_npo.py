@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from alignkit.data import collate_pairs, load_examples, tokenize_examples
+from alignkit.data import collate_rows, load_examples, tokenize_examples
 from alignkit.data.builtin import resolve_source
 from alignkit.models.logprobs import CompletionScorer, grouped_logps
-from alignkit.train import load_config, start_run
+from alignkit.train import Trainer, load_config
 
 
 def demo_rows() -> list[dict]:
@@ -36,7 +36,7 @@ def token_mean_nll(model, examples, pad_token_id: int) -> float:
     model.eval()
     total, tokens = 0.0, 0.0
     for start in range(0, len(examples), 8):
-        scores, = grouped_logps(CompletionScorer(model), collate_pairs(examples[start:start + 8], pad_token_id), 1)
+        scores, = grouped_logps(CompletionScorer(model), collate_rows(examples[start:start + 8], pad_token_id), 1)
         total, tokens = total - scores.sum.sum().item(), tokens + scores.count.sum().item()
     model.train()
     return total / tokens
@@ -48,9 +48,9 @@ def run(objective: str, forget_file: Path, retain, args, out: Path) -> list[tupl
         f"max_steps={args.steps}", f"optim.lr={args.lr}", "optim.schedule=constant", "progress=false",
         "tensorboard=false", f"output_dir={out / objective}", "overwrite=true", "data.max_length=256",
         "data.max_prompt_length=128", *args.override])
-    training = start_run(config)
+    training = Trainer.prepare(config)
     pad = training.tokenizer.pad_token_id
-    forget = training.step_runner.pairs
+    forget = training.source.examples
     curve = [(0, token_mean_nll(training.model, forget, pad), token_mean_nll(training.model, retain, pad))]
     while training.state.step < args.steps:
         training.step()

@@ -13,21 +13,20 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from alignkit.data import PreferenceExample  # noqa: E402
+from alignkit.data import Example  # noqa: E402
 
 # Conversational pairs of different shapes: one turn, multi-turn with a system prompt, a one-token answer.
 CONVERSATIONAL_EXAMPLES = [
-    PreferenceExample(prompt=[{"role": "user", "content": "What colour is the sky?"}],
-                      chosen=[{"role": "assistant", "content": "Blue, on a clear day."}],
-                      rejected=[{"role": "assistant", "content": "Green."}], where="row 1"),
-    PreferenceExample(prompt=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                              {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"}],
-                      chosen=[{"role": "assistant", "content": "Goodbye!"}],
-                      rejected=[{"role": "assistant", "content": "No, I will not say goodbye to you."}],
-                      where="row 2"),
-    PreferenceExample(prompt=[{"role": "user", "content": "2+2?"}],
-                      chosen=[{"role": "assistant", "content": "4"}],
-                      rejected=[{"role": "assistant", "content": "It is five, I think."}], where="row 3"),
+    Example.pair([{"role": "user", "content": "What colour is the sky?"}],
+                 [{"role": "assistant", "content": "Blue, on a clear day."}],
+                 [{"role": "assistant", "content": "Green."}], where="row 1"),
+    Example.pair([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                  {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"}],
+                 [{"role": "assistant", "content": "Goodbye!"}],
+                 [{"role": "assistant", "content": "No, I will not say goodbye to you."}], where="row 2"),
+    Example.pair([{"role": "user", "content": "2+2?"}],
+                 [{"role": "assistant", "content": "4"}],
+                 [{"role": "assistant", "content": "It is five, I think."}], where="row 3"),
 ]
 
 

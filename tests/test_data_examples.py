@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import tiny_llama
 
-from alignkit.data import DataError, collate_pairs, collate_shared_prefix, load_examples, tokenize_examples
+from alignkit.data import DataError, collate_rows, collate_shared_prefix, load_examples, tokenize_examples
 from alignkit.models.logprobs import CompletionScorer, grouped_logps
 
 
@@ -83,9 +83,7 @@ def test_wrong_format_fails_before_training_naming_the_fields(tmp_path, tiny_cha
     def fake(policy_completion_logps, ref_completion_logps, labels):
         return (policy_completion_logps - ref_completion_logps) * labels, {}
 
-    objective = Objective(name="_unpaired_probe", fn=fake, description="test", source="test",
-                          inputs=("policy_completion_logps", "ref_completion_logps", "labels"),
-                          data_format="unpaired")
+    objective = Objective(name="_unpaired_probe", fn=fake, description="test", source="test", data_format="unpaired")
     register(objective)
     try:
         preference = write(tmp_path / "p.jsonl", [{"prompt": "Q", "chosen": "A", "rejected": "B"}])
@@ -107,7 +105,7 @@ def test_joint_examples_score_each_answer_under_its_own_prompt(smol_tokenizer, l
              "prompt_rejected": msgs("user", f"Shout {w} twice please."), "rejected": msgs("assistant", w + "!")}
             for w in ("yes", "no", "maybe")]
     examples, _ = tokenize_examples(load_examples(rows, "joint"), smol_tokenizer)
-    collate = {"plain": lambda e: collate_pairs(e, 0), "shared": lambda e: collate_shared_prefix(e, 0),
+    collate = {"plain": lambda e: collate_rows(e, 0), "shared": lambda e: collate_shared_prefix(e, 0),
                "packed": lambda e: collate_shared_prefix(e, 0, pack=True, row_tokens=10_000)}[layout]
     chosen, rejected = grouped_logps(CompletionScorer(model), collate(examples), 2)
     for b, example in enumerate(examples):

@@ -9,7 +9,7 @@ import re
 import pytest
 from datasets import Dataset, DatasetDict
 
-from alignkit.data import DataError, PreferenceExample, load_preferences, load_records
+from alignkit.data import DataError, Example, load_examples, load_records
 
 STANDARD = [
     {"prompt": "The sky is", "chosen": " blue.", "rejected": " green.", "id": 1},
@@ -73,34 +73,34 @@ def write_all_formats(tmp_path, rows, csv_ok: bool) -> list:
     return sources
 
 
-def contents(examples: list[PreferenceExample]) -> list[tuple]:
-    return [(example.prompt, example.chosen, example.rejected) for example in examples]
+def contents(examples: list[Example]) -> list[tuple]:
+    return [(example.prompt, *example.slot("chosen"), *example.slot("rejected")) for example in examples]
 
 
 @pytest.mark.parametrize("rows,csv_ok", [(STANDARD, True), (CONVERSATIONAL, False),
                                          (IMPLICIT_STANDARD, True), (IMPLICIT_CONVERSATIONAL, False)])
 def test_every_format_loads_the_same_examples(tmp_path, rows, csv_ok):
     sources = write_all_formats(tmp_path, rows, csv_ok)
-    expected = contents(load_preferences(rows))
+    expected = contents(load_examples(rows, "preference"))
     assert len(expected) == len(rows)
     for source in sources:
-        assert contents(load_preferences(source)) == expected, source
+        assert contents(load_examples(source, "preference")) == expected, source
     if "prompt" in rows[0]:
         assert expected == [(row["prompt"], row["chosen"], row["rejected"]) for row in rows]
 
 
 def test_where_names_file_and_line_or_row(tmp_path):
     write_all_formats(tmp_path, STANDARD, csv_ok=True)
-    assert [e.where for e in load_preferences(tmp_path / "p.jsonl")] == ["p.jsonl, line 1", "p.jsonl, line 2"]
-    assert load_preferences(tmp_path / "p.parquet")[1].where == "p.parquet, row 2"
-    assert load_preferences(tmp_path / "p.csv")[1].where == "p.csv, line 3"
-    assert load_preferences(STANDARD)[0].where == "dataset, row 1"
-    assert load_preferences(f"{tmp_path / 'two_splits'}::test")[0].where == "two_splits::test, row 1"
+    assert [e.where for e in load_examples(tmp_path / "p.jsonl", "preference")] == ["p.jsonl, line 1", "p.jsonl, line 2"]
+    assert load_examples(tmp_path / "p.parquet", "preference")[1].where == "p.parquet, row 2"
+    assert load_examples(tmp_path / "p.csv", "preference")[1].where == "p.csv, line 3"
+    assert load_examples(STANDARD, "preference")[0].where == "dataset, row 1"
+    assert load_examples(f"{tmp_path / 'two_splits'}::test", "preference")[0].where == "two_splits::test, row 1"
 
 
 def test_conversational_flag():
-    assert not load_preferences(STANDARD)[0].conversational
-    assert load_preferences(CONVERSATIONAL)[0].conversational
+    assert not load_examples(STANDARD, "preference")[0].conversational
+    assert load_examples(CONVERSATIONAL, "preference")[0].conversational
 
 
 def test_jsonl_blank_lines_skipped_and_extra_fields_kept_in_records(tmp_path):
@@ -115,7 +115,7 @@ def test_csv_multiline_cell_reports_start_line(tmp_path):
     path = tmp_path / "p.csv"
     path.write_text('prompt,chosen,rejected\n"two\nlines",a,b\nx,y,\n', encoding="utf-8")
     with pytest.raises(DataError) as caught:
-        load_preferences(path)
+        load_examples(path, "preference")
     assert str(caught.value) == "p.csv, line 4, field 'rejected': empty completion"
 
 
@@ -124,7 +124,7 @@ def test_implicit_extraction_matches_trl(extract):
     from trl.data_utils import extract_prompt
 
     rows = IMPLICIT_STANDARD if extract == "standard" else IMPLICIT_CONVERSATIONAL
-    ours = contents(load_preferences(rows))
+    ours = contents(load_examples(rows, "preference"))
     theirs = [extract_prompt(row) for row in rows]
     assert ours == [(t["prompt"], t["chosen"], t["rejected"]) for t in theirs]
     if extract == "standard":  # the shared trailing space went to the completions
@@ -134,9 +134,9 @@ def test_implicit_extraction_matches_trl(extract):
 def test_datasetdict_with_several_splits_needs_a_split(tmp_path):
     write_all_formats(tmp_path, STANDARD, csv_ok=False)
     with pytest.raises(DataError, match=r"two_splits.*'test', 'train'.*::<split>"):
-        load_preferences(tmp_path / "two_splits")
+        load_examples(tmp_path / "two_splits", "preference")
     with pytest.raises(DataError, match="no split 'dev'"):
-        load_preferences(f"{tmp_path / 'two_splits'}::dev")
+        load_examples(f"{tmp_path / 'two_splits'}::dev", "preference")
 
 
 GOOD = {"prompt": "p", "chosen": "good", "rejected": "bad"}
@@ -168,7 +168,7 @@ BAD_ROWS = [
 def test_bad_row_names_file_line_and_field(tmp_path, bad, field, reason):
     path = write_jsonl(tmp_path / "prefs.jsonl", [GOOD, GOOD, bad, GOOD])
     with pytest.raises(DataError) as caught:
-        load_preferences(path)
+        load_examples(path, "preference")
     message = str(caught.value)
     assert message.startswith(f"prefs.jsonl, line 3, field '{field}': "), message
     assert reason in message
@@ -181,7 +181,7 @@ def test_invalid_utf8_and_malformed_json_in_jsonl(tmp_path):
              json.dumps(GOOD).encode(), b'{"prompt": "p", "chosen": ', json.dumps(GOOD).encode()]
     path.write_bytes(b"\n".join(lines) + b"\n")
     with pytest.raises(DataError) as caught:
-        load_preferences(path)
+        load_examples(path, "preference")
     assert caught.value.problems[0].startswith("prefs.jsonl, line 2: invalid UTF-8")
     assert caught.value.problems[1].startswith("prefs.jsonl, line 4: malformed JSON")
     assert len(caught.value.problems) == 2
@@ -191,20 +191,20 @@ def test_invalid_utf8_in_csv_names_the_line(tmp_path):
     path = tmp_path / "prefs.csv"
     path.write_bytes(b"prompt,chosen,rejected\np,a,b\np,\xc3\x28,b\n")
     with pytest.raises(DataError, match=r"^prefs\.csv, line 3: invalid UTF-8"):
-        load_preferences(path)
+        load_examples(path, "preference")
 
 
 def test_invalid_utf8_in_json_names_the_line(tmp_path):
     path = tmp_path / "prefs.json"
     path.write_bytes(b'[\n{"prompt": "p", "chosen": "a", "rejected": "b"},\n{"prompt": "\xff"}\n]')
     with pytest.raises(DataError, match=r"^prefs\.json, line 3: invalid UTF-8"):
-        load_preferences(path)
+        load_examples(path, "preference")
 
 
 def test_several_bad_rows_give_one_error_listing_all(tmp_path):
     rows = [GOOD, {"prompt": "p", "rejected": "b"}, GOOD, {"prompt": "p", "chosen": "a", "rejected": 7}]
     with pytest.raises(DataError) as caught:
-        load_preferences(write_jsonl(tmp_path / "prefs.jsonl", rows))
+        load_examples(write_jsonl(tmp_path / "prefs.jsonl", rows), "preference")
     message = str(caught.value)
     assert "prefs.jsonl, line 2, field 'chosen': missing" in message
     assert "prefs.jsonl, line 4, field 'rejected': expected a string" in message
@@ -214,7 +214,7 @@ def test_several_bad_rows_give_one_error_listing_all(tmp_path):
 def test_long_listing_is_capped(tmp_path):
     rows = [{"prompt": "p", "chosen": "", "rejected": "b"}] * 25
     with pytest.raises(DataError) as caught:
-        load_preferences(write_jsonl(tmp_path / "prefs.jsonl", rows))
+        load_examples(write_jsonl(tmp_path / "prefs.jsonl", rows), "preference")
     message = str(caught.value)
     assert "line 20, field 'chosen'" in message and "line 21," not in message
     assert message.endswith("... and 5 more")
@@ -232,4 +232,4 @@ def test_other_source_errors(tmp_path):
         load_records(tmp_path / "list.jsonl")
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(DataError, match="no rows"):
-        load_preferences(tmp_path / "empty.jsonl")
+        load_examples(tmp_path / "empty.jsonl", "preference")

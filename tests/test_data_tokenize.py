@@ -10,13 +10,13 @@ import torch
 
 from alignkit.data import (
     DataError,
-    PreferenceExample,
-    TokenizedPair,
+    Example,
+    TokenizedExample,
     TruncationConfig,
-    collate_pairs,
-    load_preferences,
+    collate_rows,
+    load_examples,
     template_fingerprint,
-    tokenize_preferences,
+    tokenize_examples,
 )
 
 CONVERSATIONS = [
@@ -43,32 +43,32 @@ def render(tokenizer, messages, generation_prompt=False) -> str:
 
 
 def test_conversational_ids_decode_to_the_template(smol_tokenizer):
-    examples = load_preferences(CONVERSATIONS)
-    pairs, report = tokenize_preferences(examples, smol_tokenizer, TruncationConfig())
+    examples = load_examples(CONVERSATIONS, "preference")
+    pairs, report = tokenize_examples(examples, smol_tokenizer, TruncationConfig())
     assert report.total == 2 and not report.changed
     for row, pair in zip(CONVERSATIONS, pairs):
-        for field, ids in (("chosen", pair.chosen_ids), ("rejected", pair.rejected_ids)):
+        for field, ids in (("chosen", pair.slot("chosen")[0]), ("rejected", pair.slot("rejected")[0])):
             full = smol_tokenizer.decode(pair.prompt_ids + ids)
             assert full == render(smol_tokenizer, row["prompt"] + row[field])
         assert smol_tokenizer.decode(pair.prompt_ids) == render(smol_tokenizer, row["prompt"], True)
-        assert smol_tokenizer.decode(pair.chosen_ids).startswith(row["chosen"][0]["content"])
+        assert smol_tokenizer.decode(pair.slot("chosen")[0]).startswith(row["chosen"][0]["content"])
     assert [pair.index for pair in pairs] == [0, 1]
 
 
 def test_standard_text_ids(smol_tokenizer):
-    pairs, _ = tokenize_preferences(load_preferences(TEXTS), smol_tokenizer, TruncationConfig())
+    pairs, _ = tokenize_examples(load_examples(TEXTS, "preference"), smol_tokenizer, TruncationConfig())
     eos = smol_tokenizer.eos_token_id
     for row, pair in zip(TEXTS, pairs):
         assert list(pair.prompt_ids) == smol_tokenizer(row["prompt"])["input_ids"]
-        assert pair.chosen_ids[-1] == eos and pair.rejected_ids[-1] == eos
-        assert smol_tokenizer.decode(pair.chosen_ids[:-1]) == row["chosen"]
-        assert smol_tokenizer.decode(pair.rejected_ids[:-1]) == row["rejected"]
+        assert pair.slot("chosen")[0][-1] == eos and pair.slot("rejected")[0][-1] == eos
+        assert smol_tokenizer.decode(pair.slot("chosen")[0][:-1]) == row["chosen"]
+        assert smol_tokenizer.decode(pair.slot("rejected")[0][:-1]) == row["rejected"]
 
 
 def test_conversational_data_needs_a_chat_template(smol_tokenizer):
     smol_tokenizer.chat_template = None
     with pytest.raises(ValueError, match="no chat template"):
-        tokenize_preferences(load_preferences(CONVERSATIONS), smol_tokenizer, TruncationConfig())
+        tokenize_examples(load_examples(CONVERSATIONS, "preference"), smol_tokenizer, TruncationConfig())
 
 
 def test_template_that_is_not_prefix_stable_is_reported_per_row(smol_tokenizer):
@@ -77,15 +77,15 @@ def test_template_that_is_not_prefix_stable_is_reported_per_row(smol_tokenizer):
         "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
         "{% if add_generation_prompt %}[generation]{% endif %}")
     with pytest.raises(DataError) as caught:
-        tokenize_preferences(load_preferences(CONVERSATIONS), smol_tokenizer, TruncationConfig())
+        tokenize_examples(load_examples(CONVERSATIONS, "preference"), smol_tokenizer, TruncationConfig())
     assert caught.value.problems[0].startswith("dataset, row 1, field 'chosen': the chat template is not prefix-stable")
     assert len(caught.value.problems) == 2
 
 
 def test_empty_standard_prompt_without_bos_is_an_error(smol_tokenizer):
-    examples = load_preferences([{"prompt": "", "chosen": "a", "rejected": "b"}])
+    examples = load_examples([{"prompt": "", "chosen": "a", "rejected": "b"}], "preference")
     with pytest.raises(DataError, match=r"dataset, row 1, field 'prompt': the prompt is empty.*no BOS"):
-        tokenize_preferences(examples, smol_tokenizer, TruncationConfig())
+        tokenize_examples(examples, smol_tokenizer, TruncationConfig())
 
 
 def test_empty_standard_prompt_is_fine_when_the_tokenizer_adds_bos(smol_tokenizer):
@@ -94,61 +94,61 @@ def test_empty_standard_prompt_is_fine_when_the_tokenizer_adds_bos(smol_tokenize
     bos = smol_tokenizer.bos_token
     smol_tokenizer._tokenizer.post_processor = TemplateProcessing(
         single=f"{bos} $A", special_tokens=[(bos, smol_tokenizer.bos_token_id)])
-    examples = load_preferences([{"prompt": "", "chosen": "a", "rejected": "b"}])
-    (pair,), _ = tokenize_preferences(examples, smol_tokenizer, TruncationConfig())
+    examples = load_examples([{"prompt": "", "chosen": "a", "rejected": "b"}], "preference")
+    (pair,), _ = tokenize_examples(examples, smol_tokenizer, TruncationConfig())
     assert pair.prompt_ids == (smol_tokenizer.bos_token_id,)
-    assert pair.chosen_ids == (*smol_tokenizer("a", add_special_tokens=False)["input_ids"], smol_tokenizer.eos_token_id)
+    assert pair.slot("chosen")[0] == (*smol_tokenizer("a", add_special_tokens=False)["input_ids"], smol_tokenizer.eos_token_id)
 
 
-def long_example(prompt_words: int, completion_words: int) -> PreferenceExample:
+def long_example(prompt_words: int, completion_words: int) -> Example:
     prompt = " ".join(f"p{i}" for i in range(prompt_words))
-    return PreferenceExample(prompt=prompt, chosen=" " + " ".join(["yes"] * completion_words),
+    return Example.pair(prompt=prompt, chosen=" " + " ".join(["yes"] * completion_words),
                              rejected=" no", where=f"dataset, row {prompt_words}")
 
 
 def test_truncate_prompt_keeps_last_prompt_tokens_and_fits(smol_tokenizer, caplog):
     examples = [long_example(200, 5), long_example(5, 5), long_example(30, 20)]
-    full, _ = tokenize_preferences(examples, smol_tokenizer, TruncationConfig(max_length=10_000, max_prompt_length=9_999))
+    full, _ = tokenize_examples(examples, smol_tokenizer, TruncationConfig(max_length=10_000, max_prompt_length=9_999))
     config = TruncationConfig(max_length=40, max_prompt_length=30)
     with caplog.at_level(logging.WARNING, logger="alignkit.data"):
-        pairs, report = tokenize_preferences(examples, smol_tokenizer, config)
+        pairs, report = tokenize_examples(examples, smol_tokenizer, config)
     assert (report.prompts_truncated, report.completions_truncated, report.dropped, report.total) == (2, 0, 0, 3)
     for before, after in zip(full, pairs):
         assert len(after.prompt_ids) <= 30
-        assert len(after.prompt_ids) + max(len(after.chosen_ids), len(after.rejected_ids)) <= 40
+        assert len(after.prompt_ids) + max(len(after.slot("chosen")[0]), len(after.slot("rejected")[0])) <= 40
         assert after.prompt_ids == before.prompt_ids[len(before.prompt_ids) - len(after.prompt_ids):]
-        assert (after.chosen_ids, after.rejected_ids) == (before.chosen_ids, before.rejected_ids)
+        assert (after.slot("chosen")[0], after.slot("rejected")[0]) == (before.slot("chosen")[0], before.slot("rejected")[0])
     assert pairs[1] == full[1]
     assert len(pairs[0].prompt_ids) == 30  # limited by max_prompt_length
-    assert len(pairs[2].prompt_ids) == 40 - len(full[2].chosen_ids)  # limited by max_length
+    assert len(pairs[2].prompt_ids) == 40 - len(full[2].slot("chosen")[0])  # limited by max_length
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and report.summary() in warnings[0].getMessage()
 
 
 def test_completion_longer_than_max_length_is_cut_from_the_right(smol_tokenizer):
     examples = [long_example(50, 100)]
-    (full,), _ = tokenize_preferences(examples, smol_tokenizer, TruncationConfig(max_length=1000, max_prompt_length=999))
-    (pair,), report = tokenize_preferences(examples, smol_tokenizer, TruncationConfig(max_length=60, max_prompt_length=20))
+    (full,), _ = tokenize_examples(examples, smol_tokenizer, TruncationConfig(max_length=1000, max_prompt_length=999))
+    (pair,), report = tokenize_examples(examples, smol_tokenizer, TruncationConfig(max_length=60, max_prompt_length=20))
     assert report.prompts_truncated == 1 and report.completions_truncated == 1
     assert pair.prompt_ids == full.prompt_ids[-20:]
-    assert pair.chosen_ids == full.chosen_ids[:40]
-    assert pair.rejected_ids == full.rejected_ids  # short enough already
+    assert pair.slot("chosen")[0] == full.slot("chosen")[0][:40]
+    assert pair.slot("rejected")[0] == full.slot("rejected")[0]  # short enough already
 
 
 def test_drop_policy_counts_and_logs_once(smol_tokenizer, caplog):
     examples = [long_example(5, 3), long_example(200, 3), long_example(6, 3), long_example(3, 300)]
     config = TruncationConfig(max_length=64, max_prompt_length=32, overlong="drop")
     with caplog.at_level(logging.WARNING, logger="alignkit.data"):
-        pairs, report = tokenize_preferences(examples, smol_tokenizer, config)
+        pairs, report = tokenize_examples(examples, smol_tokenizer, config)
     assert [pair.index for pair in pairs] == [0, 2]
     assert (report.dropped, report.prompts_truncated, report.completions_truncated, report.total) == (2, 0, 0, 4)
-    assert "2 dropped" in report.summary() and "of 4 pairs" in report.summary()
+    assert "2 dropped" in report.summary() and "of 4 examples" in report.summary()
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
 
 
 def test_nothing_logged_when_everything_fits(smol_tokenizer, caplog):
     with caplog.at_level(logging.WARNING, logger="alignkit.data"):
-        tokenize_preferences(load_preferences(TEXTS), smol_tokenizer, TruncationConfig())
+        tokenize_examples(load_examples(TEXTS, "preference"), smol_tokenizer, TruncationConfig())
     assert not caplog.records
 
 
@@ -172,9 +172,9 @@ def test_template_fingerprint_is_stable_and_sensitive(smol_tokenizer):
 
 
 def test_collate_layout_and_masks():
-    pairs = [TokenizedPair((5, 6), (7,), (8, 9, 10), index=4, where="a"),
-             TokenizedPair((11,), (12, 13, 14, 15), (16,), index=9, where="b")]
-    batch = collate_pairs(pairs, pad_token_id=0)
+    pairs = [TokenizedExample.pair((5, 6), (7,), (8, 9, 10), index=4, where="a"),
+             TokenizedExample.pair((11,), (12, 13, 14, 15), (16,), index=9, where="b")]
+    batch = collate_rows(pairs, pad_token_id=0)
     assert batch["input_ids"].tolist() == [
         [5, 6, 7, 0, 0],
         [11, 12, 13, 14, 15],
@@ -193,11 +193,11 @@ def test_collate_layout_and_masks():
 
 
 def test_collate_real_pairs(smol_tokenizer):
-    pairs, _ = tokenize_preferences(load_preferences(CONVERSATIONS + TEXTS), smol_tokenizer, TruncationConfig())
+    pairs, _ = tokenize_examples(load_examples(CONVERSATIONS + TEXTS, "preference"), smol_tokenizer, TruncationConfig())
     pad = smol_tokenizer.pad_token_id
-    batch = collate_pairs(pairs, pad_token_id=pad)
+    batch = collate_rows(pairs, pad_token_id=pad)
     count = len(pairs)
-    completions = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
+    completions = [p.slot("chosen")[0] for p in pairs] + [p.slot("rejected")[0] for p in pairs]
     prompts = [p.prompt_ids for p in pairs] * 2
     assert batch["completion_mask"].sum(dim=1).tolist() == [len(c) for c in completions]
     assert not batch["completion_mask"][:, 0].any()

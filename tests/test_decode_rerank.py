@@ -6,11 +6,10 @@ import pytest
 import torch
 from tests.conftest import tiny_llama
 
-from alignkit.decode.core import decode_new, encode_left_padded, prompt_text
-from alignkit.decode.generate import generate
+from alignkit.data.prompts import render_prompt
+from alignkit.decode.core import decode_new, encode_left_padded
 from alignkit.decode.rerank import (
     best_of_n,
-    draw_samples,
     sample_and_rerank,
     sample_candidates,
     selected_indices,
@@ -18,6 +17,7 @@ from alignkit.decode.rerank import (
     worst_of_n,
     worst_of_n_attack_success,
 )
+from alignkit.decode.sampling import draw_samples
 from alignkit.models.rewards import CalibratedReward, EmpiricalCDF, TextReward
 
 PROMPTS = [[{"role": "user", "content": "Name a colour."}],
@@ -40,6 +40,25 @@ class Length(TextReward):
         return super().score(prompts, completions)
 
 
+def direct_samples(model, tokenizer, prompts, n, batch_size, seed):
+    """Plain `transformers` sampling: prompts rendered, sorted by token length, left-padded per batch, one
+    `generate(num_return_sequences=n)` per batch after `torch.manual_seed(seed)`."""
+    rendered = [render_prompt(tokenizer, p) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(tokenizer(rendered[i], add_special_tokens=False)["input_ids"]))
+    out = [None] * len(prompts)
+    torch.manual_seed(seed)
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        encoded = encode_left_padded(tokenizer, [rendered[i] for i in batch], "cpu")
+        with torch.no_grad():
+            new = model.generate(**encoded, do_sample=True, top_k=0, max_new_tokens=T, num_return_sequences=n,
+                                 pad_token_id=tokenizer.pad_token_id)[:, encoded["input_ids"].shape[1]:]
+        texts = decode_new(tokenizer, new)[0]
+        for k, index in enumerate(batch):
+            out[index] = texts[k * n:(k + 1) * n]
+    return out
+
+
 @pytest.fixture()
 def model(smol_tokenizer):
     return tiny_llama(vocab_size=len(smol_tokenizer), pad_token_id=smol_tokenizer.pad_token_id,
@@ -48,14 +67,13 @@ def model(smol_tokenizer):
 
 def test_best_of_one_is_plain_sampling(model, smol_tokenizer):
     got = best_of_n(model, smol_tokenizer, PROMPTS, reward=Length(), n=1, max_new_tokens=T, batch_size=2, seed=3)
-    plain = generate(model, smol_tokenizer, PROMPTS, max_new_tokens=T, do_sample=True, batch_size=2, seed=3)
+    plain = direct_samples(model, smol_tokenizer, PROMPTS, n=1, batch_size=2, seed=3)
     assert [c.text for c in got] == [texts[0] for texts in plain]
     assert all(c.diagnostics["selected_index"] == 0 for c in got)
 
 
 def test_selection_is_the_best_and_worst_of_the_same_samples(model, smol_tokenizer):
-    samples = generate(model, smol_tokenizer, PROMPTS, max_new_tokens=T, do_sample=True, num_return_sequences=4,
-                       batch_size=3, seed=5)
+    samples = direct_samples(model, smol_tokenizer, PROMPTS, n=4, batch_size=3, seed=5)
     assert all(len(set(texts)) == 4 for texts in samples)  # the check below must tell samples apart
     for method, pick in ((best_of_n, max), (worst_of_n, min)):
         got = method(model, smol_tokenizer, PROMPTS, reward=Length(), n=4, max_new_tokens=T, batch_size=3, seed=5)
@@ -94,7 +112,7 @@ def test_reward_calls_and_forward_passes_closed_form(model, smol_tokenizer):
 def test_unbatched_sampling_is_n_separate_generate_calls(model, smol_tokenizer):
     texts, tokens, passes = draw_samples(model, smol_tokenizer, PROMPTS[:2], n=3, max_new_tokens=T, batch_size=2,
                                          seed=7, batched=False)
-    rendered = [prompt_text(smol_tokenizer, p) for p in PROMPTS[:2]]
+    rendered = [render_prompt(smol_tokenizer, p) for p in PROMPTS[:2]]
     order = sorted(range(2), key=lambda i: len(smol_tokenizer(rendered[i], add_special_tokens=False)["input_ids"]))
     encoded = encode_left_padded(smol_tokenizer, [rendered[i] for i in order], "cpu")
     torch.manual_seed(7)

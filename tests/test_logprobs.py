@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import CONVERSATIONAL_EXAMPLES, tiny_llama
 
-from alignkit.data import collate_pairs, tokenize_preferences
+from alignkit.data import collate_rows, tokenize_examples
 from alignkit.models.logprobs import CompletionScorer, SequenceLogps, completion_logps, pair_logps
 
 VOCAB = 128
@@ -130,7 +130,7 @@ def test_pair_logps_splits_chosen_first():
 
 
 def _conversational_pairs(tokenizer):
-    pairs, _ = tokenize_preferences(CONVERSATIONAL_EXAMPLES, tokenizer)
+    pairs, _ = tokenize_examples(CONVERSATIONAL_EXAMPLES, tokenizer)
     return pairs
 
 
@@ -138,14 +138,14 @@ def test_pair_logps_on_real_pairs_match_rows_scored_alone(smol_tokenizer):
     pairs = _conversational_pairs(smol_tokenizer)
     model = tiny_llama(len(smol_tokenizer), pad_token_id=smol_tokenizer.pad_token_id,
                        eos_token_id=smol_tokenizer.eos_token_id)
-    batch = collate_pairs(pairs, smol_tokenizer.pad_token_id)
+    batch = collate_rows(pairs, smol_tokenizer.pad_token_id)
     with torch.no_grad():
         chosen, rejected = pair_logps(CompletionScorer(model), batch)
-        for which, got, field in (("chosen", chosen, "chosen_ids"), ("rejected", rejected, "rejected_ids")):
-            rows = [(pair.prompt_ids, getattr(pair, field)) for pair in pairs]
+        for which, got in (("chosen", chosen), ("rejected", rejected)):
+            rows = [(pair.prompt_ids, pair.slot(which)[0]) for pair in pairs]
             alone = torch.cat([completion_logps(model, *make_batch([row], len(row[0]) + len(row[1]), "right")).sum
                                for row in rows])
-            assert got.count.tolist() == [float(len(getattr(pair, field))) for pair in pairs], which
+            assert got.count.tolist() == [float(len(pair.slot(which)[0])) for pair in pairs], which
             assert (got.sum - alone).abs().max().item() < 1e-4, which  # sums of ~10 tokens over a 49k vocab
     assert not torch.allclose(chosen.sum, rejected.sum)
 
@@ -156,7 +156,7 @@ def test_parity_with_trl_fused_lm_head(smol_tokenizer):
     pairs = _conversational_pairs(smol_tokenizer)
     model = tiny_llama(len(smol_tokenizer), pad_token_id=smol_tokenizer.pad_token_id,
                        eos_token_id=smol_tokenizer.eos_token_id)
-    batch = collate_pairs(pairs, smol_tokenizer.pad_token_id)
+    batch = collate_rows(pairs, smol_tokenizer.pad_token_id)
     input_ids, attention_mask, completion_mask = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
     # the rows really differ in completion span and padding
     assert len(set(completion_mask.sum(1).tolist())) > 2 and (attention_mask == 0).any()

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import CONVERSATIONAL_EXAMPLES, tiny_llama
 
-from alignkit.data import collate_pairs, tokenize_preferences
+from alignkit.data import collate_rows, tokenize_examples
 from alignkit.models.logprobs import CompletionScorer, pair_logps
 from alignkit.objectives import KNOWN_INPUTS, Objective, available, dpo, get, register
 from alignkit.objectives import registry as registry_module
@@ -178,27 +178,60 @@ def test_unknown_objective_raises_keyerror_listing_names():
 
 def test_duplicate_registration_raises_and_keeps_the_original(monkeypatch):
     monkeypatch.setattr(registry_module, "_REGISTRY", dict(registry_module._REGISTRY))
-    impostor = dataclasses.replace(get("dpo"), fn=lambda *a, **k: None)
+    def other_dpo(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, *, beta=0.1):
+        return None
+
+    impostor = dataclasses.replace(get("dpo"), fn=other_dpo)
     with pytest.raises(ValueError, match="already registered"):
         register(impostor)
     assert get("dpo").fn is dpo
 
 
-def test_register_validates_inputs_and_derives_needs_reference(monkeypatch):
+def test_register_derives_inputs_and_defaults_from_the_signature(monkeypatch):
     monkeypatch.setattr(registry_module, "_REGISTRY", dict(registry_module._REGISTRY))
-    with pytest.raises(ValueError, match="unknown inputs"):
-        register(Objective(name="bad", fn=dpo, description="", source="", inputs=("policy_chosen_logps", "reward")))
+
+    def takes_an_unknown_input(policy_chosen_logps, reward, *, beta=0.1):
+        return policy_chosen_logps, {}
+
+    with pytest.raises(ValueError, match="'reward' of takes_an_unknown_input is neither an input"):
+        register(Objective(name="bad", fn=takes_an_unknown_input, description="", source=""))
     with pytest.raises(KeyError):
         get("bad")
-    with pytest.raises(ValueError, match="not parameters of dpo"):  # inputs are passed by name
-        register(Objective(name="renamed", fn=dpo, description="", source="",
-                           inputs=("policy_rejected_logps", "ref_chosen_logps", "chosen_lengths")))
-    reference_free = register(Objective(name="aaa-reference-free", fn=dpo, description="", source="",
-                                        inputs=("policy_chosen_logps", "policy_rejected_logps")))
-    assert reference_free.needs_reference is False
-    assert get("aaa-reference-free") is reference_free
+
+    def foreign_slot(policy_chosen_logps, policy_completion_logps):
+        return policy_chosen_logps, {}
+
+    with pytest.raises(ValueError, match="'policy_completion_logps' is not a slot of the 'preference' format"):
+        register(Objective(name="foreign", fn=foreign_slot, description="", source=""))
+
+    def stateful(policy_chosen_logps, *, state=None):
+        return policy_chosen_logps, {}
+
+    with pytest.raises(ValueError, match="no state factory"):
+        register(Objective(name="stateless", fn=stateful, description="", source=""))
+
+    def reference_free(policy_chosen_logps, policy_rejected_logps, *, beta: float = 0.5, margin: float = 1.0):
+        return beta * (policy_chosen_logps - policy_rejected_logps) - margin, {}
+
+    objective = register(Objective(name="aaa-reference-free", fn=reference_free, description="", source=""))
+    assert objective.inputs == ("policy_chosen_logps", "policy_rejected_logps")
+    assert objective.defaults == {"beta": 0.5, "margin": 1.0}
+    assert objective.needs_reference is False
+    assert get("aaa-reference-free") is objective
     names = [objective.name for objective in available()]
     assert names == sorted(names) and "aaa-reference-free" in names
+
+
+def test_every_registered_objective_declares_exactly_its_signature():
+    """Inputs, parameters and `state` together are every parameter of the function, so the trainer passes
+    each one by name and `objective.params` can set every default."""
+    import inspect
+
+    for objective in available():
+        parameters = list(inspect.signature(objective.fn).parameters)
+        declared = [*objective.inputs, *objective.defaults, *(["state"] if objective.state else [])]
+        assert sorted(declared) == sorted(parameters), objective.name
+        assert set(objective.inputs) <= set(KNOWN_INPUTS), objective.name
 
 
 # ----------------------------------------------------------------------------------------------- TRL parity
@@ -222,8 +255,8 @@ def trl_setup(smol_tokenizer_dir, tmp_path_factory):
     reference = tiny_llama(len(tokenizer), seed=1, initializer_range=0.3, **ids)
     dataset = Dataset.from_dict({
         "prompt": [example.prompt for example in EXAMPLES],
-        "chosen": [example.chosen for example in EXAMPLES],
-        "rejected": [example.rejected for example in EXAMPLES],
+        "chosen": [example.slot("chosen")[0] for example in EXAMPLES],
+        "rejected": [example.slot("rejected")[0] for example in EXAMPLES],
     })
     args = DPOConfig(output_dir=str(tmp_path_factory.mktemp("trl_dpo")), report_to="none", loss_type="sigmoid",
                      beta=TRL_BETA, precompute_ref_log_probs=False, use_cpu=True, per_device_train_batch_size=3,
@@ -233,8 +266,8 @@ def trl_setup(smol_tokenizer_dir, tmp_path_factory):
                          processing_class=tokenizer)
     assert trainer.loss_types == ["sigmoid"] and trainer.f_divergence_type == "reverse_kl"
     assert trainer.ld_alpha is None and not trainer.use_weighting and trainer.beta == TRL_BETA
-    pairs, _ = tokenize_preferences(EXAMPLES, tokenizer)
-    batch = collate_pairs(pairs, tokenizer.pad_token_id)
+    pairs, _ = tokenize_examples(EXAMPLES, tokenizer)
+    batch = collate_rows(pairs, tokenizer.pad_token_id)
     inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "completion_mask")}
     return trainer, policy, reference, inputs
 

@@ -7,15 +7,14 @@ import pytest
 import torch
 from conftest import CONVERSATIONAL_EXAMPLES, tiny_llama
 
-from alignkit.data import TokenizedPair, collate_pairs, collate_shared_prefix, tokenize_preferences
-from alignkit.data.tokenization import TokenizedExample
+from alignkit.data import TokenizedExample, collate_rows, collate_shared_prefix, tokenize_examples
 from alignkit.data.collation import pack_rows
 from alignkit.models.logprobs import CompletionScorer, completion_logps, grouped_logps, pair_logps
 
 
 def test_layout_of_one_pair():
-    pair = TokenizedPair(prompt_ids=(10, 11, 12), chosen_ids=(20, 21), rejected_ids=(30, 31, 32), index=7, where="x")
-    short = TokenizedPair(prompt_ids=(10,), chosen_ids=(20,), rejected_ids=(30,), index=8, where="y")
+    pair = TokenizedExample.pair(prompt_ids=(10, 11, 12), chosen_ids=(20, 21), rejected_ids=(30, 31, 32), index=7, where="x")
+    short = TokenizedExample.pair(prompt_ids=(10,), chosen_ids=(20,), rejected_ids=(30,), index=8, where="y")
     batch = collate_shared_prefix([pair, short], pad_token_id=0)
     assert batch["input_ids"][0].tolist() == [10, 11, 12, 20, 21, 30, 31, 32]
     assert batch["input_ids"][1].tolist() == [10, 20, 30, 0, 0, 0, 0, 0]
@@ -40,8 +39,8 @@ def test_pack_rows_is_first_fit_decreasing():
 
 
 def test_packed_layout_of_two_pairs_in_one_row():
-    first = TokenizedPair(prompt_ids=(10, 11), chosen_ids=(20,), rejected_ids=(30, 31), index=0, where="a")
-    second = TokenizedPair(prompt_ids=(12,), chosen_ids=(22, 23), rejected_ids=(32,), index=1, where="b")
+    first = TokenizedExample.pair(prompt_ids=(10, 11), chosen_ids=(20,), rejected_ids=(30, 31), index=0, where="a")
+    second = TokenizedExample.pair(prompt_ids=(12,), chosen_ids=(22, 23), rejected_ids=(32,), index=1, where="b")
     batch = collate_shared_prefix([first, second], pad_token_id=0, pack=True, row_tokens=9)
     assert batch["input_ids"].tolist() == [[10, 11, 20, 30, 31, 12, 22, 23, 32]]
     assert batch["position_ids"].tolist() == [[0, 1, 2, 2, 3, 0, 1, 2, 1]]
@@ -76,23 +75,23 @@ def _assert_same(expected, actual):
 def test_packed_rows_equal_plain_path(smol_tokenizer, attention, row_tokens):
     model = tiny_llama(vocab_size=len(smol_tokenizer), initializer_range=0.3)
     model.set_attn_implementation(attention)
-    pairs, _ = tokenize_preferences(CONVERSATIONAL_EXAMPLES, smol_tokenizer)
+    pairs, _ = tokenize_examples(CONVERSATIONAL_EXAMPLES, smol_tokenizer)
     # A long and a short extra pair, so first-fit has room to pack pairs next to each other.
     long_prompt = pairs[0].prompt_ids + pairs[1].prompt_ids
-    pairs.append(TokenizedPair(long_prompt, pairs[1].chosen_ids, pairs[0].rejected_ids, len(pairs), "long"))
-    pairs.append(TokenizedPair(pairs[0].prompt_ids[:4], (5, 6), (7,), len(pairs), "short"))
+    pairs.append(TokenizedExample.pair(long_prompt, pairs[1].slot("chosen")[0], pairs[0].slot("rejected")[0], len(pairs), "long"))
+    pairs.append(TokenizedExample.pair(pairs[0].prompt_ids[:4], (5, 6), (7,), len(pairs), "short"))
     packed = collate_shared_prefix(pairs, smol_tokenizer.pad_token_id, pack=True, row_tokens=row_tokens)
     assert packed["input_ids"].size(0) < len(pairs)  # packing did put several pairs in a row
-    plain = _scores_and_grads(model, collate_pairs(pairs, smol_tokenizer.pad_token_id))
+    plain = _scores_and_grads(model, collate_rows(pairs, smol_tokenizer.pad_token_id))
     _assert_same(plain, _scores_and_grads(model, packed))
 
 
 def test_list_layout_equals_each_completion_scored_alone(smol_tokenizer):
     """`[prompt | c_1 | c_2 | c_3]` (listwise objectives) against each prompt + completion as its own row."""
     model = tiny_llama(vocab_size=len(smol_tokenizer), initializer_range=0.3)
-    pairs, _ = tokenize_preferences(CONVERSATIONAL_EXAMPLES, smol_tokenizer)
+    pairs, _ = tokenize_examples(CONVERSATIONAL_EXAMPLES, smol_tokenizer)
 
-    lists = [TokenizedExample(((p.prompt_ids, (p.chosen_ids, p.rejected_ids, p.chosen_ids[::-1])),),
+    lists = [TokenizedExample(((p.prompt_ids, (p.slot("chosen")[0], p.slot("rejected")[0], p.slot("chosen")[0][::-1])),),
                               (("ranked", 3),), p.index, p.where) for p in pairs]
     shared = _scores_and_grads(model, collate_shared_prefix(lists, smol_tokenizer.pad_token_id, pack=True), 3)
 
@@ -115,10 +114,10 @@ def test_list_layout_equals_each_completion_scored_alone(smol_tokenizer):
 
 
 def test_collate_rejects_examples_it_cannot_score():
-    empty = TokenizedPair(prompt_ids=(1,), chosen_ids=(), rejected_ids=(2,), index=0, where="x")
+    empty = TokenizedExample.pair(prompt_ids=(1,), chosen_ids=(), rejected_ids=(2,), index=0, where="x")
     with pytest.raises(ValueError, match="completion is empty"):
         collate_shared_prefix([empty], pad_token_id=0)
-    no_prompt = TokenizedPair(prompt_ids=(), chosen_ids=(1,), rejected_ids=(2,), index=0, where="x")
+    no_prompt = TokenizedExample.pair(prompt_ids=(), chosen_ids=(1,), rejected_ids=(2,), index=0, where="x")
     with pytest.raises(ValueError, match="prompt is empty"):
         collate_shared_prefix([no_prompt], pad_token_id=0)
 
@@ -127,7 +126,7 @@ def test_collate_rejects_examples_it_cannot_score():
 def test_shared_prefix_equals_plain_path(smol_tokenizer, attention):
     model = tiny_llama(vocab_size=len(smol_tokenizer), initializer_range=0.3)
     model.set_attn_implementation(attention)
-    pairs, _ = tokenize_preferences(CONVERSATIONAL_EXAMPLES, smol_tokenizer)
+    pairs, _ = tokenize_examples(CONVERSATIONAL_EXAMPLES, smol_tokenizer)
     scorer = CompletionScorer(model)
 
     def scores_and_grads(batch):
@@ -137,7 +136,7 @@ def test_shared_prefix_equals_plain_path(smol_tokenizer, attention):
         grads = {name: p.grad.clone() for name, p in model.named_parameters()}
         return chosen, rejected, grads
 
-    plain = scores_and_grads(collate_pairs(pairs, smol_tokenizer.pad_token_id))
+    plain = scores_and_grads(collate_rows(pairs, smol_tokenizer.pad_token_id))
     shared = scores_and_grads(collate_shared_prefix(pairs, smol_tokenizer.pad_token_id))
     for a, b in zip(plain[:2], shared[:2]):
         # fp32 sums of ~150 carry ~1e-5 of rounding; per token the paths agree far below 1e-5.
@@ -180,14 +179,14 @@ def test_falls_back_to_plain_rows_and_says_so(tmp_path, tiny_chat_model_dir, mon
     import functools
 
     from alignkit.train import load_config
-    from alignkit.train import loop
+    from alignkit.train import setup
 
-    monkeypatch.setattr(loop, "accepts_block_mask", lambda model: False)
+    monkeypatch.setattr(setup, "accepts_block_mask", lambda model: False)
     model = tiny_llama()
     config = load_config(None, [])
     with caplog.at_level("WARNING"):
-        collate = loop.batch_layout(config, model, pad_token_id=0)
-    assert isinstance(collate, functools.partial) and collate.func is collate_pairs
+        collate = setup.batch_layout(config, model, pad_token_id=0)
+    assert isinstance(collate, functools.partial) and collate.func is collate_rows
     assert "prefix sharing needs sdpa or eager attention" in caplog.text
     monkeypatch.undo()
-    assert loop.batch_layout(config, model, pad_token_id=0).func is collate_shared_prefix
+    assert setup.batch_layout(config, model, pad_token_id=0).func is collate_shared_prefix

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from alignkit.data import collate_pairs, load_examples, tokenize_examples
+from alignkit.data import collate_rows, load_examples, tokenize_examples
 from alignkit.models.reward_head import RewardScorer
 from alignkit.objectives import arm, get, rm_multi, rm_pairwise
 from alignkit.train import load_config, train
@@ -85,7 +85,7 @@ def test_pairwise_reward_model_learns_a_synthetic_preference(tmp_path, tiny_chat
     assert model.config.num_labels == 1
     held_out, _ = tokenize_examples(load_examples(synthetic_pairs(40, seed=1), "preference"), tokenizer)
     with torch.no_grad():
-        chosen, rejected = RewardScorer(model)(**{k: v for k, v in collate_pairs(held_out, tokenizer.pad_token_id).items()
+        chosen, rejected = RewardScorer(model)(**{k: v for k, v in collate_rows(held_out, tokenizer.pad_token_id).items()
                                                   if k in ("input_ids", "attention_mask", "completion_mask")}).chunk(2)
     accuracy = (chosen > rejected).float().mean().item()
     assert accuracy > 0.9, accuracy
@@ -101,7 +101,7 @@ def test_reward_scorer_layouts_agree(tiny_chat_model_dir, smol_tokenizer):
     keys = ("input_ids", "attention_mask", "completion_mask", "position_ids", "segment_ids", "context_ids",
             "source_index", "slots")
     with torch.no_grad():
-        plain = RewardScorer(model)(**{k: v for k, v in collate_pairs(examples, 0).items() if k in keys})
+        plain = RewardScorer(model)(**{k: v for k, v in collate_rows(examples, 0).items() if k in keys})
         shared = RewardScorer(model)(**{k: v for k, v in collate_shared_prefix(examples, 0, pack=True).items()
                                         if k in keys and k != "source_index"})
         (prompt, (_, rejected)), = examples[0].groups

@@ -11,7 +11,8 @@ import torch
 from alignkit.models.rewards import (CachedReward, CalibratedReward, Direction, EmpiricalCDF, ExactMatch,
                                      ForbiddenWords, InstructionChecks, JsonSchema, JsonValid, LLMJudge, MaxChars,
                                      MaxWords, MinWords, PairwiseJudge, Refusal, RegexMatch, RequiredWords, Reward, WeightedSum,
-                                     best_of_n, exponential, signed_exponential, worst_of_n)
+                                     best_of_n_transform, exponential, signed_exponential,
+                                     worst_of_n_transform)
 from alignkit.models.rewards.spec import reward_from_spec
 from tests.conftest import tiny_llama
 
@@ -208,12 +209,12 @@ def test_calibration_mid_rule_is_uniform_on_reference_and_monotone():
 
 def test_transforms_and_calibrated_reward():
     u = torch.tensor([0.0, 0.5, 1.0])
-    assert best_of_n(u, 3).tolist() == pytest.approx([0.0, 0.125, 1.0])
-    assert worst_of_n(u, 3).tolist() == pytest.approx([0.0, 0.875, 1.0])
+    assert best_of_n_transform(u, 3).tolist() == pytest.approx([0.0, 0.125, 1.0])
+    assert worst_of_n_transform(u, 3).tolist() == pytest.approx([0.0, 0.875, 1.0])
     assert exponential(u, 2.0).tolist() == pytest.approx([1.0, math.e, math.e ** 2])
     assert signed_exponential(u, -2.0).tolist() == pytest.approx([-1.0, -math.exp(-1.0), -math.exp(-2.0)])
     words = CalibratedReward(WeightedSum([MinWords(2), MaxWords(1)], [1.0, 0.0]),
-                             EmpiricalCDF().fit({"p": [0.0, 0.0, 1.0, 1.0]}), lambda v: best_of_n(v, 2))
+                             EmpiricalCDF().fit({"p": [0.0, 0.0, 1.0, 1.0]}), lambda v: best_of_n_transform(v, 2))
     assert words(["p", "p"], ["one", "two words"]).tolist() == pytest.approx([0.25 ** 2, 0.75 ** 2])
 
 

@@ -1,5 +1,6 @@
-"""`alignkit.decode.sampling` (K samples, log-prob scoring), `alignkit.models.soup`, and the `alignkit sample`,
-`alignkit score` and `alignkit data soup` verbs end to end on tiny model folders."""
+"""K samples per prompt (`alignkit.decode.sampling`), log-prob scoring of dataset rows (`alignkit.pipelines`),
+`alignkit.models.soup`, and the `alignkit sample`, `alignkit score` and `alignkit data soup` verbs end to end on
+tiny model folders."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import torch
 from conftest import tiny_llama
 
 from alignkit.cli.main import main
-from alignkit.data import DataError, PreferenceExample, TruncationConfig, tokenize_preferences
+from alignkit.data import DataError, Example, Record, TruncationConfig, tokenize_examples
 from alignkit.data.examples import load_examples
-from alignkit.decode.sampling import sample_completions, score_completions
+from alignkit.decode.sampling import draw_samples
+from alignkit.pipelines import likelihood_rows
 from alignkit.models import Loaded, load
 from alignkit.models.logprobs import completion_logps
 from alignkit.models.soup import SoupError, load_soup, soup_state_dict
@@ -28,6 +30,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: one thread,
 def chat_model(tokenizer, seed=0, **overrides):
     return tiny_llama(vocab_size=len(tokenizer), seed=seed, pad_token_id=tokenizer.pad_token_id,
                       eos_token_id=tokenizer.eos_token_id, **overrides)
+
+
+def sample_completions(model, tokenizer, prompts, k, **settings):
+    return draw_samples(model, tokenizer, prompts, n=k, **settings)[0]
 
 
 def test_k_samples_per_prompt_reproducible_with_a_seed(smol_tokenizer):
@@ -76,9 +82,9 @@ def direct_scores(model, tokenizer, rows):
         completion = row["completion"]
         if isinstance(row["prompt"], list) and isinstance(completion, str):
             completion = [{"role": "assistant", "content": completion}]
-        (pair,), _ = tokenize_preferences([PreferenceExample(row["prompt"], completion, completion, "r")], tokenizer,
-                                          TruncationConfig(max_length=4096, max_prompt_length=4095))
-        ids = torch.tensor([pair.prompt_ids + pair.chosen_ids])
+        (pair,), _ = tokenize_examples([Example.single(row["prompt"], completion, "r")], tokenizer,
+                                       TruncationConfig(max_length=4096, max_prompt_length=4095))
+        ids = torch.tensor([pair.prompt_ids + pair.slot("completion")[0]])
         mask = torch.zeros_like(ids, dtype=torch.bool)
         mask[0, len(pair.prompt_ids):] = True
         with torch.no_grad():
@@ -90,14 +96,15 @@ def direct_scores(model, tokenizer, rows):
 
 def test_scores_equal_completion_logps_per_model(smol_tokenizer):
     models = [chat_model(smol_tokenizer, seed) for seed in (0, 1)]
-    scores = score_completions([Loaded(m, smol_tokenizer, "m") for m in models], ROWS, batch_size=2)
+    records = [Record(row, f"row {i}") for i, row in enumerate(ROWS, 1)]
+    scored = likelihood_rows(records, [Loaded(m, smol_tokenizer, "m") for m in models], batch_size=2)
     for column, model in enumerate(models):
         means, sums = direct_scores(model, smol_tokenizer, ROWS)
-        assert [row[column] for row in scores.mean] == pytest.approx(means, abs=1e-5)
-        assert [row[column] for row in scores.sum] == pytest.approx(sums, abs=1e-4)
-    assert scores.mean[0][0] != scores.mean[0][1]
+        assert [row["scores"][column] for row in scored] == pytest.approx(means, abs=1e-5)
+        assert [row["scores_sum"][column] for row in scored] == pytest.approx(sums, abs=1e-4)
+    assert scored[0]["scores"][0] != scored[0]["scores"][1]
     with pytest.raises(DataError, match=r"row 2, field 'completion': missing"):
-        score_completions([Loaded(models[0], smol_tokenizer, "m")], [ROWS[0], {"prompt": "x"}])
+        likelihood_rows([records[0], Record({"prompt": "x"}, "row 2")], [Loaded(models[0], smol_tokenizer, "m")])
 
 
 def test_soup_is_the_weighted_average_computed_in_float32():

@@ -219,8 +219,7 @@ def test_reference_free_objective_never_scores_a_reference(tmp_path, base_overri
         return -torch.nn.functional.logsigmoid(margin), {"rewards/margins": margin.detach()}
 
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    registry.register(Objective(name="toy-free", fn=margin_loss, description="test", source="test",
-                                inputs=("policy_chosen_logps", "policy_rejected_logps"), logps="mean"))
+    registry.register(Objective(name="toy-free", fn=margin_loss, description="test", source="test", logps="mean"))
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a reference-free objective must not touch a reference")
@@ -271,14 +270,14 @@ def test_soup_reference_is_the_weight_average(tmp_path, base_overrides, smol_tok
     from conftest import tiny_llama
 
     from alignkit.models.soup import save_soup
-    from alignkit.train.loop import start_run
+    from alignkit.train import Trainer
 
     other = tmp_path / "other"
     tiny_llama(vocab_size=len(smol_tokenizer), seed=5).save_pretrained(other)
     smol_tokenizer.save_pretrained(other)
     policy_dir = base_overrides[0].split("=", 1)[1]
     soup_dir = save_soup([policy_dir, other], tmp_path / "soup", weights=[1, 3])
-    run = start_run(load_config(None, base_overrides + ["batch_size=4", "max_steps=1", f"reference.model={soup_dir}",
+    run = Trainer.prepare(load_config(None, base_overrides + ["batch_size=4", "max_steps=1", f"reference.model={soup_dir}",
                                                         f"output_dir={tmp_path / 'run'}"]))
     a = AutoModelForCausalLM.from_pretrained(policy_dir).state_dict()
     b = AutoModelForCausalLM.from_pretrained(other).state_dict()
@@ -286,9 +285,9 @@ def test_soup_reference_is_the_weight_average(tmp_path, base_overrides, smol_tok
     averaged.load_state_dict({k: 0.25 * a[k] + 0.75 * b[k] for k in a})
     from alignkit.train.references import score_examples
 
-    expected = score_examples(averaged.eval(), run.step_runner.pairs, run.step_runner.collate, 4, torch.device("cpu"))
-    cached = run.step_runner.reference_scores
+    expected = score_examples(averaged.eval(), run.source.examples, run.source.collate, 4, torch.device("cpu"))
+    cached = run.source.reference
     assert torch.allclose(cached["sums"], expected["sums"], atol=1e-4)
     assert not torch.allclose(cached["sums"], score_examples(
-        AutoModelForCausalLM.from_pretrained(other).eval(), run.step_runner.pairs, run.step_runner.collate, 4,
+        AutoModelForCausalLM.from_pretrained(other).eval(), run.source.examples, run.source.collate, 4,
         torch.device("cpu"))["sums"], atol=1e-2)

@@ -11,7 +11,8 @@ from conftest import tiny_llama
 
 from alignkit.cli.main import main
 from alignkit.data import load_examples
-from alignkit.models.embeddings import prompt_embeddings, prompt_token_ids
+from alignkit.data.prompts import prompt_ids
+from alignkit.models.embeddings import prompt_embeddings
 from alignkit.train import load_config, train
 
 PROMPTS = [[{"role": "user", "content": "What colour is the sky?"}],
@@ -39,7 +40,7 @@ def unpaired_rows() -> list[dict]:
 def test_batched_embeddings_equal_each_prompt_alone(smol_tokenizer):
     model = tiny_llama(vocab_size=len(smol_tokenizer), pad_token_id=smol_tokenizer.pad_token_id,
                        eos_token_id=smol_tokenizer.eos_token_id)
-    lengths = [len(prompt_token_ids(smol_tokenizer, prompt)) for prompt in PROMPTS]
+    lengths = [len(prompt_ids(smol_tokenizer, prompt)) for prompt in PROMPTS]
     assert len(set(lengths)) > 1  # the batch really is padded
     batched = prompt_embeddings(model, smol_tokenizer, PROMPTS, batch_size=len(PROMPTS))
     alone = torch.cat([prompt_embeddings(model, smol_tokenizer, [prompt], batch_size=1) for prompt in PROMPTS])
@@ -49,7 +50,7 @@ def test_batched_embeddings_equal_each_prompt_alone(smol_tokenizer):
     assert not model.training
 
     # the mean of the decoder's last hidden state over exactly the prompt's tokens
-    ids = torch.tensor([prompt_token_ids(smol_tokenizer, PROMPTS[2])])
+    ids = torch.tensor([prompt_ids(smol_tokenizer, PROMPTS[2])])
     with torch.no_grad():
         hidden = model(input_ids=ids, output_hidden_states=True).hidden_states[-1]
     torch.testing.assert_close(alone[2], hidden[0].mean(0), atol=1e-5, rtol=1e-5)

@@ -15,28 +15,37 @@ import argparse
 import json
 import sys
 
-GENERATE_EPILOG = """\
-methods (alignkit generate --list shows each one's parameters and defaults):
-  best_of_n    --reward SPEC       N samples per prompt, keep the highest reward     (--param n=8)
-  worst_of_n   --reward SPEC       N samples per prompt, keep the lowest reward      (--param n=8)
-  urial        (base model)        URIAL's system prompt and 3 examples, no chat template
-  nudging      --guide MODEL       base writes while confident, the aligned guide when not (--param gamma=0.4)
-  deal         --reward SPEC       top-k candidates + lookahead, scored by log-prob + lambda * reward
-  transfer_q   --reward SPEC       prior top-k re-weighted by exp(alpha * reward of a rollout)
-  genarm       --arm MODEL         sample from pi_base * pi_arm^alpha (repeat --arm for several ARMs)
-  steering     --directions FILE   add coefficient * direction to hidden states (--param coefficient=4)
-               or --contrast FILE  directions from rows {prompt, chosen, rejected} or {positive, negative}
-
+INPUT_FLAGS = {"reward": "--reward SPEC", "guide": "--guide MODEL", "arm": "--arm MODEL",
+               "directions": "--directions FILE or --contrast FILE"}  # how each method input is given here
+EPILOG_TAIL = """
 reward specs are those of `alignkit score --reward` (verifier:..., classifier:PATH, judge:MODEL), plus
 verifier:checks=FILE (each prompt's own instruction check). --param KEY=VALUE sets any keyword parameter
-of the method (values are YAML: 8, 0.4, true, [1, 2]); common ones have their own flags below.
+of the method (values are YAML: 8, 0.4, true, [1, 2]); common ones have their own flags (above).
 """
+
+
+def generate_epilog() -> str:
+    """The methods of `alignkit.decode.methods.METHODS`, each with the flags of its required inputs."""
+    from alignkit.decode.methods import METHODS
+
+    lines = ["methods (alignkit generate --list shows each one's parameters, defaults and sources):"]
+    for method in METHODS.values():
+        flags = ", ".join(INPUT_FLAGS[need] for need in method.needs) or "(the model alone)"
+        lines.append(f"  {method.name:<11} {flags}")
+        lines.append(f"  {'':<11} {method.description}")
+    return "\n".join(lines) + "\n" + EPILOG_TAIL
 
 
 def add_generate_verb(verbs: argparse._SubParsersAction) -> None:
     parser = verbs.add_parser("generate", help="decoding-time alignment: best-of-N, URIAL, nudging, DeAL, ...",
                               description="Complete prompts with a decoding-time alignment method.",
-                              epilog=GENERATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    format_help = parser.format_help
+
+    def format_help_with_methods() -> str:  # the registry imports torch: read it only when help is shown
+        parser.epilog = generate_epilog()
+        return format_help()
+    parser.format_help = format_help_with_methods
     parser.add_argument("--method", help="decoding method (see below)")
     parser.add_argument("--list", action="store_true", help="list the methods with their parameters and exit")
     parser.add_argument("--model", help="the model that writes (base, prior or policy): name, folder or .gguf")
@@ -56,20 +65,7 @@ def add_generate_verb(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="any method parameter")
-    parser.set_defaults(run=_generate_or_exit)
-
-
-def _generate_or_exit(args: argparse.Namespace) -> int:
-    """Bad arguments (a ValueError) end with a one-line message and exit status 2; data errors go to `main`."""
-    from alignkit.data import DataError
-
-    try:
-        return _generate(args)
-    except DataError:
-        raise
-    except (ValueError, KeyError) as err:
-        print(f"alignkit generate: error: {err}", file=sys.stderr)
-        return 2
+    parser.set_defaults(run=_generate)
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -88,7 +84,13 @@ def _generate(args: argparse.Namespace) -> int:
         from alignkit.data.writing import check_output
 
         check_output(args.out, [args.prompts] if args.prompts != "-" else [], overwrite=args.overwrite)
-    rows, prompts = _read_prompts(args.prompts, args.prompt_field)
+    from alignkit.data import read_prompts
+    from alignkit.data.records import load_prompt_records
+
+    records = load_prompt_records(args.prompts, args.prompt_field)
+    if not records:
+        raise ValueError(f"no prompts in {args.prompts}")
+    rows, prompts = [record.data for record in records], read_prompts(records, args.prompt_field)
     model, tokenizer = _load(args.model)
     parameters.update(_inputs(args, method, model, tokenizer))
     completions = method.function(model, tokenizer, prompts, **parameters)
@@ -126,35 +128,11 @@ def _common(args: argparse.Namespace) -> dict:
     return {key: value for key, value in flags.items() if value is not None}
 
 
-def _read_prompts(source: str, field: str) -> tuple[list[dict], list]:
-    """(rows, prompts): dataset rows with their prompt field, or {field: line} rows for text input."""
-    from alignkit.data import Record, load_records
-    from alignkit.decode.sampling import checked_prompts
-
-    if source == "-":
-        text = sys.stdin.read()
-        lines = [line for line in text.splitlines() if line.strip()]
-        if lines and lines[0].lstrip().startswith("{"):
-            records = load_records([json.loads(line) for line in lines])
-        else:
-            records = [Record({field: line}, f"stdin line {i}") for i, line in enumerate(lines, 1)]
-    elif source.endswith(".txt"):
-        with open(source, encoding="utf-8") as handle:
-            records = [Record({field: line.rstrip("\n")}, f"{source}, line {i}")
-                       for i, line in enumerate(handle, 1) if line.strip()]
-    else:
-        records = load_records(source)
-    if not records:
-        raise ValueError(f"no prompts in {source}")
-    return [record.data for record in records], checked_prompts(records, field)
-
-
 def _load(name: str):
-    from alignkit.decode.sampling import default_device
-    from alignkit.models import load
+    from alignkit.models.loading import ensure_loaded
 
-    model, tokenizer, _ = load(name)
-    return model.to(default_device()).eval(), tokenizer
+    model, tokenizer, _ = ensure_loaded(name)
+    return model.eval(), tokenizer
 
 
 def _inputs(args: argparse.Namespace, method, model, tokenizer) -> dict:
@@ -184,7 +162,7 @@ def _inputs(args: argparse.Namespace, method, model, tokenizer) -> dict:
         inputs["directions"] = _directions(args, model, tokenizer)
     missing = [need for need in method.needs if need not in inputs]
     if missing:
-        raise ValueError(f"--method {method.name} needs " + ", ".join(f"--{m}" for m in missing))
+        raise ValueError(f"--method {method.name} needs " + ", ".join(INPUT_FLAGS[m] for m in missing))
     return inputs
 
 
@@ -195,35 +173,14 @@ def _directions(args: argparse.Namespace, model, tokenizer) -> dict:
         raise ValueError("--method steering needs exactly one of --directions FILE or --contrast FILE")
     if args.directions:
         return load_directions(args.directions)
-    positive, negative = _contrast_texts(args.contrast, tokenizer)
+    from alignkit.data import load_records
+    from alignkit.decode.steering import contrast_texts
+
+    positive, negative = contrast_texts(load_records(args.contrast), tokenizer)
     directions = steering_directions(model, tokenizer, positive, negative)
     if args.save_directions:
         save_directions(directions, args.save_directions)
     return directions
-
-
-def _contrast_texts(path: str, tokenizer) -> tuple[list[str], list[str]]:
-    """Positive and negative texts: rows {positive, negative}, or preference rows whose prompt is rendered
-    with the chat template and followed by the chosen (positive) or rejected (negative) answer."""
-    from alignkit.data import DataError, load_records
-    from alignkit.decode.core import prompt_text
-    from alignkit.models.rewards.base import text_of
-
-    positive, negative, problems = [], [], []
-    for record in load_records(path):
-        row = record.data
-        if "positive" in row and "negative" in row:
-            positive.append(str(row["positive"]))
-            negative.append(str(row["negative"]))
-        elif all(key in row for key in ("prompt", "chosen", "rejected")):
-            prefix = prompt_text(tokenizer, row["prompt"])
-            positive.append(prefix + text_of(row["chosen"]))
-            negative.append(prefix + text_of(row["rejected"]))
-        else:
-            problems.append(f"{record.where}: needs fields positive and negative, or prompt, chosen and rejected")
-    if problems:
-        raise DataError("\n".join(problems))
-    return positive, negative
 
 
 def _write(rows: list[dict], args: argparse.Namespace) -> None:

@@ -17,6 +17,7 @@ import os
 import sys
 import textwrap
 
+from alignkit.cli.data_verbs import add_data_verbs
 from alignkit.cli.dataset_verbs import add_dataset_verbs
 from alignkit.cli.generate_verb import add_generate_verb
 
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     objectives = verbs.add_parser("objectives", help="list the registered training objectives")
     objectives.set_defaults(run=_objectives)
     add_dataset_verbs(verbs)
+    add_data_verbs(verbs)
     add_generate_verb(verbs)
     return parser
 
@@ -126,14 +128,18 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    from alignkit.data import DataError
     from alignkit.models import ModelLoadError
-    from alignkit.train.config import ConfigError
 
     try:
         return args.run(args)
-    except (ConfigError, DataError, ModelLoadError, FileNotFoundError, FileExistsError) as err:
-        print(f"alignkit {args.verb}: error: {err}", file=sys.stderr)
+    except (ValueError, KeyError, ModelLoadError, FileNotFoundError, FileExistsError) as err:
+        # Bad arguments, data, config or model: one line naming what is wrong (DataError, ConfigError and
+        # OutputPathError are among these); --verbose adds the traceback.
+        if args.verbose:
+            raise
+        verb = " ".join(filter(None, (args.verb, getattr(args, "transform", None))))
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"alignkit {verb}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -1,40 +1,44 @@
-"""Data layer: load training rows (preference pairs and the other formats) from files or datasets,
-validate them, tokenize them and batch them.
+"""Data layer: load training rows of every format from files or datasets, validate them, render prompts,
+tokenize and batch them.
 
 Imports nothing else from alignkit.
 """
 
-from alignkit.data.collation import collate_pairs, collate_shared_prefix, pair_tokens
+from alignkit.data.collation import collate_rows, collate_shared_prefix, sequence_token_count
 from alignkit.data.errors import DataError
-from alignkit.data.examples import Example, load_examples
-from alignkit.data.preferences import PreferenceExample, load_preferences
+from alignkit.data.examples import FORMAT_FIELDS, Example, load_examples
+from alignkit.data.prompts import Content, Prompt, prompt_text, render_prompt, text_of
 from alignkit.data.records import Record, load_records
+from alignkit.data.rows import RowProblem, collect, read_prompts
 from alignkit.data.tokenization import (
     TokenizedExample,
-    TokenizedPair,
     TruncationConfig,
     TruncationReport,
     template_fingerprint,
     tokenize_examples,
-    tokenize_preferences,
 )
 
 __all__ = [
+    "Content",
     "DataError",
     "Example",
-    "PreferenceExample",
+    "FORMAT_FIELDS",
+    "Prompt",
     "Record",
+    "RowProblem",
     "TokenizedExample",
-    "TokenizedPair",
     "TruncationConfig",
     "TruncationReport",
-    "collate_pairs",
+    "collate_rows",
     "collate_shared_prefix",
-    "pair_tokens",
+    "collect",
     "load_examples",
-    "load_preferences",
     "load_records",
+    "prompt_text",
+    "read_prompts",
+    "render_prompt",
+    "sequence_token_count",
     "template_fingerprint",
+    "text_of",
     "tokenize_examples",
-    "tokenize_preferences",
 ]

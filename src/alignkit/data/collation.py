@@ -1,4 +1,6 @@
-"""Batch tokenized pairs into padded tensors for a policy/reference forward pass."""
+"""Batch tokenized examples into padded tensors for a policy/reference forward pass, in one of two layouts:
+one row per completion (`collate_rows`) or one row per prompt with its completions after it
+(`collate_shared_prefix`)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import torch
 
 
 
-def collate_pairs(examples: Sequence[Grouped], pad_token_id: int) -> dict[str, torch.Tensor]:
+def collate_rows(examples: Sequence[Grouped], pad_token_id: int) -> dict[str, torch.Tensor]:
     """The plain layout: one right-padded row per (prompt, completion). With K completions per example
     (a pair: chosen, rejected), rows k·B .. k·B + B − 1 hold completion k of examples 0 .. B − 1.
 
@@ -19,7 +21,7 @@ def collate_pairs(examples: Sequence[Grouped], pad_token_id: int) -> dict[str, t
     ``labels`` ([B]) and ``scores`` ([B, m]). T is the longest row.
     """
     if not examples:
-        raise ValueError("collate_pairs needs at least one example")
+        raise ValueError("collate_rows needs at least one example")
     per_example = [[(prompt, completion) for prompt, completions in e.groups for completion in completions]
                    for e in examples]
     _check_same_count(per_example)
@@ -106,7 +108,7 @@ def collate_shared_prefix(
     * ``completion_mask`` (bool): the scored tokens; ``source_index``: for each scored token, the position
       whose hidden state predicts it (the previous token, or the prompt's last token for a completion's
       first token); ``slots``: the sequence a scored token counts towards, k·B + b for completion k of
-      example b (-1 elsewhere), so the output has the K·B sequences of `collate_pairs` in its order;
+      example b (-1 elsewhere), so the output has the K·B sequences of `collate_rows` in its order;
     * ``index`` (long, [B]): each example's ``index``; ``sequence_tokens`` (scalar): the tokens the
       batch would have as K·B separate sequences (prompt + completion each), for throughput numbers;
       ``labels`` and ``scores`` where the examples have them.
@@ -166,9 +168,9 @@ def _place_example(tensors: dict[str, torch.Tensor], row: int, cursor: int, segm
     return cursor, segment
 
 
-def pair_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Tokens of the batch counted as separate sequences (prompt + each completion), whichever layout the
-    batch uses, so throughput numbers compare across layouts."""
+def sequence_token_count(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """How many tokens the batch holds counted as separate sequences (prompt + each completion), whichever
+    layout the batch uses, so throughput numbers compare across layouts."""
     if "sequence_tokens" in batch:
         return batch["sequence_tokens"]
     return batch["attention_mask"].sum()

@@ -3,7 +3,11 @@
 An objective declares one format (see `alignkit.objectives.registry.FORMATS`); its rows look like this
 (strings, or message lists as in TRL's conversational format; extra fields are ignored):
 
-* ``preference``: ``prompt``, ``chosen``, ``rejected`` (TRL's preference format, implicit prompts too);
+* ``preference``: ``prompt``, ``chosen``, ``rejected`` (TRL's preference format). The prompt may be
+  implicit: ``chosen`` and ``rejected`` alone, sharing a leading text or leading messages, which are
+  split off as TRL's ``extract_prompt`` does (a shared trailing space is left to the completions).
+  Where TRL would return an empty or nonsensical split (nothing shared, one completion a prefix of the
+  other) the row is an error instead;
 * ``joint``: ``prompt_chosen``, ``chosen``, ``prompt_rejected``, ``rejected`` — the two answers may
   answer different prompts (JPO); rows with one ``prompt`` are the conditional special case;
 * ``unpaired``: ``prompt``, ``completion``, ``label`` (true = desirable; TRL's unpaired format) and
@@ -20,13 +24,13 @@ Every list slot must have the same length in every row of a dataset (so a batch 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Union
 
-from alignkit.data.errors import DataError, raise_if_any
-from alignkit.data.preferences import _check_completion, _kind, _RowProblem, load_preferences
+from alignkit.data.errors import DataError
+from alignkit.data.prompts import Content
 from alignkit.data.records import Record, Source, load_records
+from alignkit.data.rows import (RowProblem, check_completion, collect, common_prefix_length, completion_field,
+                                completions_field, kind, label_field, number, prompt_field, required)
 
-Content = Union[str, list]
 FORMAT_FIELDS = {
     "preference": "prompt, chosen, rejected",
     "joint": "prompt_chosen, chosen, prompt_rejected, rejected (or one prompt)",
@@ -37,6 +41,20 @@ FORMAT_FIELDS = {
     "samples": "prompt, samples (a list), rejected",
     "sft": "prompt, completion, optional scores",
 }
+PAIR_SLOTS = (("chosen", 1), ("rejected", 1))
+COMPLETION_SLOT = (("completion", 1),)
+Slots = tuple[tuple[str, int], ...]
+
+
+def slot_values(groups: tuple, slots: Slots, name: str) -> tuple:
+    """The completions of slot `name` (in slot order over all groups); KeyError for an unknown slot."""
+    flat = [completion for _, completions in groups for completion in completions]
+    start = 0
+    for slot, size in slots:
+        if slot == name:
+            return tuple(flat[start:start + size])
+        start += size
+    raise KeyError(f"no slot {name!r}; the slots are {[slot for slot, _ in slots]}")
 
 
 @dataclass(frozen=True)
@@ -44,10 +62,29 @@ class Example:
     """One row: `groups` of (prompt, completions), completions in slot order; `slots` names them."""
 
     groups: tuple[tuple[Content, tuple[Content, ...]], ...]
-    slots: tuple[tuple[str, int], ...]  # (slot name, number of completions), in order
+    slots: Slots  # (slot name, number of completions), in order
     where: str
     label: float | None = None
     scores: tuple[float, ...] = ()
+
+    @classmethod
+    def pair(cls, prompt: Content, chosen: Content, rejected: Content, where: str = "row") -> Example:
+        """A preference pair."""
+        return cls(((prompt, (chosen, rejected)),), PAIR_SLOTS, where)
+
+    @classmethod
+    def single(cls, prompt: Content, completion: Content, where: str = "row") -> Example:
+        """One prompt with one completion (the `completion` slot), e.g. to score it."""
+        return cls(((prompt, (completion,)),), COMPLETION_SLOT, where)
+
+    @property
+    def prompt(self) -> Content:
+        """The prompt of the first (usually the only) group."""
+        return self.groups[0][0]
+
+    def slot(self, name: str) -> tuple[Content, ...]:
+        """The completions of slot `name`, e.g. `example.slot("chosen")`."""
+        return slot_values(self.groups, self.slots, name)
 
     @property
     def conversational(self) -> bool:
@@ -58,21 +95,12 @@ def load_examples(source: Source, data_format: str, *, with_kl: bool = False) ->
     """Load and validate rows of `data_format`; every bad row is reported in one DataError naming its
     file, line and field. `with_kl` (unpaired data) adds the `kl` slot: row i's completion paired with
     row i's prompt is compared against the completion of row (i + 1) mod N, a fixed mismatch."""
-    if data_format == "preference":
-        return [Example(((p.prompt, (p.chosen, p.rejected)),), (("chosen", 1), ("rejected", 1)), p.where)
-                for p in load_preferences(source)]
-    if data_format not in _READERS:
-        raise ValueError(f"unknown data format {data_format!r}; known: preference, {', '.join(_READERS)}")
+    if data_format not in READERS:
+        raise ValueError(f"unknown data format {data_format!r}; known: {', '.join(READERS)}")
     records = load_records(source)
     if not records:
         raise DataError(f"{source if isinstance(source, str) else 'dataset'}: no rows")
-    examples, problems = [], []
-    for record in records:
-        try:
-            examples.append(_READERS[data_format](record))
-        except _RowProblem as problem:
-            problems.append(f"{record.where}, {problem}")
-    raise_if_any(problems)
+    examples = collect(records, READERS[data_format])
     _check_rectangular(examples)
     if with_kl:
         examples = _with_mismatched_completions(examples)
@@ -85,8 +113,6 @@ def _check_rectangular(examples: list[Example]) -> None:
         if example.slots != first.slots:
             raise DataError(f"{example.where}: completions per slot {dict(example.slots)} differ from "
                             f"{first.where}'s {dict(first.slots)}; every row needs the same number")
-        if example.conversational != first.conversational:
-            raise DataError(f"{example.where}: mixes strings and message lists with {first.where}")
         if len(example.scores) != len(first.scores):
             raise DataError(f"{example.where}, field 'scores': {len(example.scores)} values, but {first.where} "
                             f"has {len(first.scores)}; every row needs the same number")
@@ -104,112 +130,79 @@ def _with_mismatched_completions(examples: list[Example]) -> list[Example]:
     return out
 
 
-# ------------------------------------------------------------------------------------------- row readers
+# ------------------------------------------------------------------------------------- preference rows
 
-def _field(data: dict, name: str) -> Any:
-    if data.get(name) is None:
-        raise _RowProblem(name, "missing")
-    return data[name]
+MIXED = "prompt, chosen and rejected must be all strings or all message lists"
 
 
-def _prompt(data: dict, name: str = "prompt") -> Content:
-    prompt = _field(data, name)
-    if _kind(prompt, name) == "messages" and not prompt:
-        raise _RowProblem(name, "empty prompt (no messages)")
-    if isinstance(prompt, str) and not prompt:
-        raise _RowProblem(name, "empty prompt")
-    return prompt
-
-
-def _completion(data: dict, name: str, like: Content) -> Content:
-    value = _field(data, name)
-    _same_kind(value, name, like)
-    _check_completion(value, name)
-    return value
-
-
-def _completions(data: dict, name: str, like: Content, single_allowed: bool = False) -> tuple[Content, ...]:
-    """A list of completions (or, with `single_allowed`, one completion) from field `name`."""
-    value = _field(data, name)
-    if single_allowed and (isinstance(value, str) or (isinstance(value, list) and value
-                                                       and isinstance(value[0], dict))):
-        return (_completion(data, name, like),)
-    if not isinstance(value, list) or not value:
-        raise _RowProblem(name, "expected a non-empty list of completions")
-    items = []
-    for number, item in enumerate(value, start=1):
-        label = f"{name}[{number}]"
-        _same_kind(item, label, like)
-        _check_completion(item, label)
-        items.append(item)
-    return tuple(items)
-
-
-def _same_kind(value: Any, name: str, like: Content) -> None:
-    if _kind(value, name) != _kind(like, "prompt"):
-        raise _RowProblem(name, "prompt and completions must be all strings or all message lists")
-
-
-def _number(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _RowProblem(name, f"expected a number, got {type(value).__name__}")
-    return float(value)
-
-
-def _read_joint(record: Record) -> Example:
+def _read_preference(record: Record) -> Example:
+    """A pair with an explicit prompt; an implicit prompt is split off the shared start of the two."""
     data = record.data
-    if data.get("prompt") is not None:
-        prompt = _prompt(data)
-        groups = ((prompt, (_completion(data, "chosen", prompt), _completion(data, "rejected", prompt))),)
+    for field in ("chosen", "rejected"):
+        required(data, field)
+    fields = ("prompt", "chosen", "rejected") if data.get("prompt") is not None else ("chosen", "rejected")
+    kinds = {field: kind(data[field], field) for field in fields}
+    for field in fields:
+        if kinds[field] != kinds["chosen"]:
+            raise RowProblem(field, f"is {_KIND_NAMES[kinds[field]]} but 'chosen' is "
+                                    f"{_KIND_NAMES[kinds['chosen']]}; {MIXED}")
+    conversational = kinds["chosen"] == "messages"
+    if "prompt" in fields:
+        prompt, chosen, rejected = data["prompt"], data["chosen"], data["rejected"]
+        if conversational and not prompt:
+            raise RowProblem("prompt", "empty prompt (no messages)")
+    elif conversational:
+        prompt, chosen, rejected = _split_messages(data["chosen"], data["rejected"])
     else:
-        first, second = _prompt(data, "prompt_chosen"), _prompt(data, "prompt_rejected")
-        _same_kind(second, "prompt_rejected", first)
-        groups = ((first, (_completion(data, "chosen", first),)), (second, (_completion(data, "rejected", first),)))
-    return Example(groups, (("chosen", 1), ("rejected", 1)), record.where)
+        prompt, chosen, rejected = _split_text(data["chosen"], data["rejected"])
+    check_completion(chosen, "chosen")
+    check_completion(rejected, "rejected")
+    return Example.pair(prompt, chosen, rejected, record.where)
 
 
-def _read_unpaired(record: Record) -> Example:
-    data = record.data
-    prompt = _prompt(data)
-    label = _field(data, "label")
-    if not isinstance(label, bool):
-        raise _RowProblem("label", f"expected true or false, got {label!r}")
-    return Example(((prompt, (_completion(data, "completion", prompt),)),), (("completion", 1),), record.where,
-                   label=float(label), scores=_scores(data))
+_KIND_NAMES = {"text": "a string", "messages": "a list of messages"}
 
 
-def _read_negative(record: Record) -> Example:
-    data = record.data
-    prompt = _prompt(data)
-    return Example(((prompt, (_completion(data, "rejected", prompt),)),), (("completion", 1),), record.where,
-                   label=0.0)
+def _check_diverges(chosen: Content, rejected: Content, shared: int) -> None:
+    """Both completions must go on after the shared part (neither is a prefix of the other)."""
+    if chosen == rejected:
+        raise RowProblem("rejected", "identical to 'chosen'")
+    for field, value in (("chosen", chosen), ("rejected", rejected)):
+        if shared == len(value):
+            raise RowProblem(field, "empty completion (nothing left after the prompt shared with the other "
+                                    "completion)")
 
 
-def _read_list(record: Record) -> Example:
-    data = record.data
-    prompt = _prompt(data)
-    chosen = _completions(data, "chosen", prompt, single_allowed=True)
-    rejected = _completions(data, "rejected", prompt)
-    return Example(((prompt, chosen + rejected),), (("chosen", len(chosen)), ("rejected", len(rejected))),
-                   record.where)
+def _split_text(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """Implicit string prompt: the longest common prefix, minus a trailing space (which goes to the
+    completions), as TRL's ``extract_prompt`` does."""
+    shared = common_prefix_length(chosen, rejected)
+    _check_diverges(chosen, rejected, shared)
+    if shared and chosen[shared - 1] == " ":
+        shared -= 1
+    if not chosen[:shared].strip():
+        raise RowProblem("prompt", "implicit prompt: 'chosen' and 'rejected' share no leading text, so "
+                                   "there is no prompt; add a 'prompt' field")
+    return chosen[:shared], chosen[shared:], rejected[shared:]
 
 
-def _read_ranked(record: Record) -> Example:
-    data = record.data
-    prompt = _prompt(data)
-    ranked = _completions(data, "completions", prompt)
-    if len(ranked) < 2:
-        raise _RowProblem("completions", "a ranking needs at least two completions")
-    return Example(((prompt, ranked),), (("ranked", len(ranked)),), record.where)
+def _split_messages(chosen: list, rejected: list) -> tuple[list, list, list]:
+    """Implicit conversational prompt: the longest shared leading message list; the rest of each
+    conversation must start with an assistant message."""
+    shared = common_prefix_length(chosen, rejected)
+    if shared == 0:
+        raise RowProblem("prompt", "implicit prompt: 'chosen' and 'rejected' share no leading messages, so "
+                                   "there is no prompt; add a 'prompt' field")
+    _check_diverges(chosen, rejected, shared)
+    for field, value in (("chosen", chosen), ("rejected", rejected)):
+        role = value[shared]["role"]
+        if role != "assistant":
+            raise RowProblem(field, f"implicit prompt: after the {shared} shared message(s) the conversation "
+                                    f"must go on with an assistant message, not '{role}'")
+    return chosen[:shared], chosen[shared:], rejected[shared:]
 
 
-def _read_samples(record: Record) -> Example:
-    data = record.data
-    prompt = _prompt(data)
-    samples = _completions(data, "samples", prompt)
-    return Example(((prompt, samples + (_completion(data, "rejected", prompt),)),),
-                   (("samples", len(samples)), ("rejected", 1)), record.where)
-
+# -------------------------------------------------------------------------------- rows of the other formats
 
 def _scores(data: dict) -> tuple[float, ...]:
     """The optional `scores` field: a number or a non-empty list of numbers."""
@@ -218,16 +211,70 @@ def _scores(data: dict) -> tuple[float, ...]:
         return ()
     values = raw if isinstance(raw, list) else [raw]
     if not values:
-        raise _RowProblem("scores", "empty list")
-    return tuple(_number(value, f"scores[{i}]") for i, value in enumerate(values, start=1))
+        raise RowProblem("scores", "empty list")
+    return tuple(number(value, f"scores[{i}]") for i, value in enumerate(values, start=1))
+
+
+def _read_joint(record: Record) -> Example:
+    data = record.data
+    if data.get("prompt") is not None:
+        prompt = prompt_field(data)
+        return Example.pair(prompt, completion_field(data, "chosen", prompt), completion_field(data, "rejected", prompt),
+                            record.where)
+    first, second = prompt_field(data, "prompt_chosen"), prompt_field(data, "prompt_rejected")
+    if kind(second, "prompt_rejected") != kind(first, "prompt_chosen"):
+        raise RowProblem("prompt_rejected", "prompt and completions must be all strings or all message lists")
+    groups = ((first, (completion_field(data, "chosen", first),)), (second, (completion_field(data, "rejected", first),)))
+    return Example(groups, PAIR_SLOTS, record.where)
+
+
+def _read_unpaired(record: Record) -> Example:
+    data = record.data
+    prompt = prompt_field(data)
+    return Example(((prompt, (completion_field(data, "completion", prompt),)),), COMPLETION_SLOT, record.where,
+                   label=float(label_field(data)), scores=_scores(data))
+
+
+def _read_negative(record: Record) -> Example:
+    data = record.data
+    prompt = prompt_field(data)
+    return Example(((prompt, (completion_field(data, "rejected", prompt),)),), COMPLETION_SLOT, record.where,
+                   label=0.0)
+
+
+def _read_list(record: Record) -> Example:
+    data = record.data
+    prompt = prompt_field(data)
+    chosen = completions_field(data, "chosen", prompt, single_allowed=True)
+    rejected = completions_field(data, "rejected", prompt)
+    return Example(((prompt, chosen + rejected),), (("chosen", len(chosen)), ("rejected", len(rejected))),
+                   record.where)
+
+
+def _read_ranked(record: Record) -> Example:
+    data = record.data
+    prompt = prompt_field(data)
+    ranked = completions_field(data, "completions", prompt)
+    if len(ranked) < 2:
+        raise RowProblem("completions", "a ranking needs at least two completions")
+    return Example(((prompt, ranked),), (("ranked", len(ranked)),), record.where)
+
+
+def _read_samples(record: Record) -> Example:
+    data = record.data
+    prompt = prompt_field(data)
+    samples = completions_field(data, "samples", prompt)
+    return Example(((prompt, samples + (completion_field(data, "rejected", prompt),)),),
+                   (("samples", len(samples)), ("rejected", 1)), record.where)
 
 
 def _read_sft(record: Record) -> Example:
     data = record.data
-    prompt = _prompt(data)
-    return Example(((prompt, (_completion(data, "completion", prompt),)),), (("completion", 1),), record.where,
+    prompt = prompt_field(data)
+    return Example(((prompt, (completion_field(data, "completion", prompt),)),), COMPLETION_SLOT, record.where,
                    scores=_scores(data))
 
 
-_READERS = {"joint": _read_joint, "unpaired": _read_unpaired, "negative": _read_negative, "list": _read_list,
-            "ranked": _read_ranked, "samples": _read_samples, "sft": _read_sft}
+READERS = {"preference": _read_preference, "joint": _read_joint, "unpaired": _read_unpaired,
+           "negative": _read_negative, "list": _read_list, "ranked": _read_ranked, "samples": _read_samples,
+           "sft": _read_sft}

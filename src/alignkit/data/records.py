@@ -13,6 +13,8 @@ Supported sources:
   ``"folder::split"`` (``"folder::train, row N"``).
 * an in-memory ``datasets.Dataset`` or a list of dicts; ``"dataset, row N"``.
 
+`load_prompt_records` also reads prompts from a ``.txt`` file or stdin, one per line.
+
 Lines and rows are numbered from 1. Text files must be UTF-8 (a leading byte-order mark is allowed).
 """
 
@@ -218,3 +220,22 @@ def _read_csv(path: Path) -> list[Record]:
         records.append(Record(dict(zip(header, row)), where))
     raise_if_any(problems, "lines")
     return records
+
+
+def load_prompt_records(source: str, field: str = "prompt") -> list[Record]:
+    """Rows holding prompts: any source of `load_records`, a ``.txt`` file (one prompt per line, as
+    ``{field: line}``; ``"name.txt, line N"``) or ``-`` for stdin (JSON lines if the first line starts with
+    "{", else one prompt per line; ``"stdin line N"``). Blank lines are skipped."""
+    if source == "-":
+        import sys
+
+        lines = [line for line in sys.stdin.read().splitlines() if line.strip()]
+        if lines and lines[0].lstrip().startswith("{"):
+            return _from_rows([json.loads(line) for line in lines], "stdin")
+        return [Record({field: line}, f"stdin line {i}") for i, line in enumerate(lines, 1)]
+    if str(source).endswith(".txt"):
+        lines, problems = _decode_lines(Path(source))
+        raise_if_any(problems, "lines")
+        return [Record({field: line.rstrip("\r\n")}, f"{Path(source).name}, line {i}")
+                for i, line in enumerate(lines, 1) if line.strip()]
+    return load_records(source)

@@ -28,9 +28,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from alignkit.data.errors import DataError, raise_if_any
-from alignkit.data.preferences import _kind, _RowProblem
+from alignkit.data.errors import DataError
 from alignkit.data.records import Record
+from alignkit.data.rows import RowProblem, collect, kind, number, required
 
 log = logging.getLogger(__name__)
 
@@ -46,50 +46,21 @@ QUALITY_SYSTEM = "Write a response of quality level {level} on a scale from 0 (l
 Row = Mapping[str, Any] | Record
 
 
-def _rows(rows: Iterable[Row]) -> list[tuple[dict, str]]:
-    """(deep copy of the row's fields, where) for each row; plain dicts are named "row N" (from 1)."""
-    out = []
-    for number, row in enumerate(rows, start=1):
-        if isinstance(row, Record):
-            out.append((copy.deepcopy(row.data), row.where))
-        else:
-            out.append((copy.deepcopy(dict(row)), f"row {number}"))
-    return out
+def _records(rows: Iterable[Row]) -> list[Record]:
+    """Each row as a Record holding a deep copy of its fields (changed in place by a transform); plain dicts
+    are named "row N" (from 1)."""
+    return [Record(copy.deepcopy(row.data), row.where) if isinstance(row, Record)
+            else Record(copy.deepcopy(dict(row)), f"row {i}") for i, row in enumerate(rows, start=1)]
 
 
 def _apply(rows: Iterable[Row], change) -> list[dict]:
-    """`change(data)` (edits the copy in place, or raises _RowProblem) for every row; problems together."""
-    out, problems = [], []
-    for data, where in _rows(rows):
-        try:
-            change(data)
-            out.append(data)
-        except _RowProblem as problem:
-            problems.append(f"{where}, {problem}")
-    raise_if_any(problems)
-    return out
-
-
-def _field(data: Mapping, field: str) -> Any:
-    if data.get(field) is None:
-        raise _RowProblem(field, "missing")
-    return data[field]
+    """`change(data)` (edits the copy in place, or raises RowProblem) for every row; problems together."""
+    return collect(_records(rows), lambda record: change(record.data) or record.data)
 
 
 def _number(data: Mapping, field: str) -> float:
     """A finite number from `data[field]` (numeric strings, as CSV cells are, are accepted)."""
-    value = data.get(field)
-    if value is None:
-        raise _RowProblem(field, "missing")
-    if isinstance(value, bool):
-        raise _RowProblem(field, f"expected a number, got {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise _RowProblem(field, f"expected a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise _RowProblem(field, f"expected a finite number, got {value!r}")
-    return number
+    return number(data.get(field), field)
 
 
 def _fmt(value: float) -> int | float:
@@ -100,17 +71,17 @@ def _fmt(value: float) -> int | float:
 def condition_prompt(prompt: Any, text: str, *, field: str = "prompt", nosys: bool = False,
                      separator: str = SEPARATOR) -> str | list[dict]:
     """`prompt` conditioned on `text` (see the module docstring); the input is not modified."""
-    if _kind(prompt, field) == "text":
+    if kind(prompt, field) == "text":
         if not prompt:
-            raise _RowProblem(field, "empty prompt")
+            raise RowProblem(field, "empty prompt")
         return text + separator + prompt
     messages = [dict(message) for message in prompt]
     if not messages:
-        raise _RowProblem(field, "empty prompt (no messages)")
+        raise RowProblem(field, "empty prompt (no messages)")
     if nosys:
         user = next((m for m in messages if m["role"] == "user"), None)
         if user is None:
-            raise _RowProblem(field, "no user message to put the conditioning text in front of")
+            raise RowProblem(field, "no user message to put the conditioning text in front of")
         user["content"] = text + separator + user["content"]
         return messages
     if messages[0]["role"] == "system":
@@ -136,7 +107,7 @@ def goal_text(goal: float, template: str = GOAL_TEMPLATE, scale_max: float = 10)
 def _goal(data: Mapping, field: str, scale_max: float) -> float:
     score = _number(data, field)
     if score > scale_max:
-        raise _RowProblem(field, f"score {_fmt(score)} is above the scale maximum {_fmt(scale_max)} "
+        raise RowProblem(field, f"score {_fmt(score)} is above the scale maximum {_fmt(scale_max)} "
                                  "(set scale_max / --scale-max)")
     return score
 
@@ -153,32 +124,29 @@ def reward_augment(rows: Iterable[Row], score_chosen_field: str = "score_chosen"
     with a < b (the reference code keeps `avg_fine_score_chosen >= avg_fine_score_rejected`).
     """
     goal_text(0, template, scale_max)  # validates the template before any row
-    positives, negatives, problems = [], [], []
-    for data, where in _rows(rows):
-        try:
-            if keep_if_ordered and _number(data, keep_if_ordered[0]) < _number(data, keep_if_ordered[1]):
-                continue
-            _field(data, "chosen"), _field(data, "rejected")
-            copies = []
-            for score_field, swap in ((score_chosen_field, False), (score_rejected_field, True)):
-                goal = _goal(data, score_field, scale_max)
-                row = copy.deepcopy(data)
-                for field in _prompt_fields(data):
-                    row[field] = condition_prompt(data[field], goal_text(goal, template, scale_max), field=field,
-                                                  nosys=nosys)
-                if swap:
-                    row["chosen"], row["rejected"] = row["rejected"], row["chosen"]
-                    row[score_chosen_field] = data[score_rejected_field]
-                    row[score_rejected_field] = data[score_chosen_field]
-                row["goal"] = _fmt(goal)
-                copies.append(row)
-        except _RowProblem as problem:
-            problems.append(f"{where}, {problem}")
-            continue
-        positives.append(copies[0])
-        negatives.append(copies[1])
-    raise_if_any(problems)
-    return positives + negatives
+
+    def copies(record: Record) -> list[dict]:
+        data = record.data
+        if keep_if_ordered and _number(data, keep_if_ordered[0]) < _number(data, keep_if_ordered[1]):
+            return []
+        required(data, "chosen"), required(data, "rejected")
+        out = []
+        for score_field, swap in ((score_chosen_field, False), (score_rejected_field, True)):
+            goal = _goal(data, score_field, scale_max)
+            row = copy.deepcopy(data)
+            for field in _prompt_fields(data):
+                row[field] = condition_prompt(data[field], goal_text(goal, template, scale_max), field=field,
+                                              nosys=nosys)
+            if swap:
+                row["chosen"], row["rejected"] = row["rejected"], row["chosen"]
+                row[score_chosen_field] = data[score_rejected_field]
+                row[score_rejected_field] = data[score_chosen_field]
+            row["goal"] = _fmt(goal)
+            out.append(row)
+        return out
+
+    kept = [pair for pair in collect(_records(rows), copies) if pair]
+    return [positive for positive, _ in kept] + [negative for _, negative in kept]
 
 
 def goal_condition(rows: Iterable[Row], inference_goal: float | None = None, *, scale_max: float = 10,
@@ -187,7 +155,7 @@ def goal_condition(rows: Iterable[Row], inference_goal: float | None = None, *, 
     text = goal_text(scale_max if inference_goal is None else inference_goal, template, scale_max)
 
     def change(data: dict) -> None:
-        data[field] = condition_prompt(_field(data, field), text, field=field, nosys=nosys)
+        data[field] = condition_prompt(required(data, field), text, field=field, nosys=nosys)
     return _apply(rows, change)
 
 
@@ -227,7 +195,7 @@ def quality_text(level: int, k: int, style: Literal["token", "system"] = "token"
 def _put_level(data: dict, level: int, k: int, style: str, template: str | None, nosys: bool, field: str) -> None:
     text = quality_text(level, k, style, template)
     token = style == "token"  # a control token goes straight in front of the first user turn, no separator
-    data[field] = condition_prompt(_field(data, field), text, field=field, nosys=nosys or token,
+    data[field] = condition_prompt(required(data, field), text, field=field, nosys=nosys or token,
                                    separator="" if token else SEPARATOR)
     data["quality_level"] = level
 
@@ -242,14 +210,8 @@ def quality_buckets(rows: Iterable[Row], score_field: str = "score", k: int = 8,
     Edges are fitted on these rows (`bucket_edges`) unless `edges` (from an earlier fit; k = len - 1) is
     given. Each row gets its level's control text in `field` and a `quality_level` field.
     """
-    records = _rows(rows)
-    scores, problems = [], []
-    for data, where in records:
-        try:
-            scores.append(_number(data, score_field))
-        except _RowProblem as problem:
-            problems.append(f"{where}, {problem}")
-    raise_if_any(problems)
+    records = _records(rows)
+    scores = collect(records, lambda record: _number(record.data, score_field))
     if not scores:
         raise DataError("no rows to bucket")
     if edges is None:
@@ -265,15 +227,21 @@ def quality_buckets(rows: Iterable[Row], score_field: str = "score", k: int = 8,
     empty = sorted(set(range(k)) - set(levels))
     if empty:
         log.warning("quality levels %s have no rows (%s bins)", empty, strategy)
-    out = []
-    for (data, where), level in zip(records, levels):
-        try:
-            _put_level(data, level, k, style, template, nosys, field)
-            out.append(data)
-        except _RowProblem as problem:
-            problems.append(f"{where}, {problem}")
-    raise_if_any(problems)
-    return out, edges
+    row_levels = iter(levels)  # collect reads every record once, in order
+
+    def put(record: Record) -> dict:
+        _put_level(record.data, next(row_levels), k, style, template, nosys, field)
+        return record.data
+    return collect(records, put), edges
+
+
+def bucket_document(edges: Sequence[float], score_field: str, strategy: str, style: str) -> dict:
+    """What `alignkit data buckets` saves next to its output: the edges, how a level is found, and the
+    inference level with its control text (the top level)."""
+    k = len(edges) - 1
+    return {"score_field": score_field, "k": k, "strategy": strategy, "style": style, "edges": list(edges),
+            "inference_level": k - 1, "inference_text": quality_text(k - 1, k, style),
+            "level": "searchsorted(edges[1:-1], score, side='right')"}
 
 
 def quality_condition(rows: Iterable[Row], k: int, level: int | None = None,
@@ -327,7 +295,7 @@ def direction_condition(rows: Iterable[Row], angle_degrees: float | None = None,
 
     def change(data: dict) -> None:
         ws = fixed if fixed is not None else direction_weights(_number(data, angle_field))
-        data[field] = condition_prompt(_field(data, field), direction_text(ws, attributes, template),
+        data[field] = condition_prompt(required(data, field), direction_text(ws, attributes, template),
                                        field=field, nosys=nosys)
         data["direction"] = ws
     return _apply(rows, change)

@@ -9,6 +9,7 @@ from alignkit.decode.guidance import GuidedLogits, combine_logprobs, genarm
 from alignkit.decode.methods import METHODS, get_method, run_method
 from alignkit.decode.nudging import nudging
 from alignkit.decode.rerank import best_of_n, sample_and_rerank, sample_candidates, win_rate, worst_of_n
+from alignkit.decode.sampling import draw_samples
 from alignkit.decode.search import SearchSettings, deal, search
 from alignkit.decode.steering import load_directions, save_directions, steered, steering, steering_directions
 from alignkit.decode.transfer_q import transfer_q
@@ -16,7 +17,7 @@ from alignkit.decode.urial import urial, urial_prompt
 
 __all__ = [
     "Completion", "ForwardCounter", "GuidedLogits", "METHODS", "SearchSettings", "best_of_n", "combine_logprobs",
-    "deal", "genarm", "get_method", "load_directions", "nudging", "run_method", "sample_and_rerank",
+    "deal", "draw_samples", "genarm", "get_method", "load_directions", "nudging", "run_method", "sample_and_rerank",
     "sample_candidates", "save_directions", "search", "steered", "steering", "steering_directions", "transfer_q",
     "urial", "urial_prompt", "win_rate", "worst_of_n",
 ]

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from alignkit.decode.generate import Prompt, render_prompt
 
 
 @dataclass
@@ -58,15 +57,6 @@ class ForwardCounter:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-
-
-def prompt_text(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, chat_template: bool = True) -> str:
-    """The text fed to the model. With `chat_template=False` the model is used as a base model: a message
-    list becomes the content of its last user message (a string prompt is always used as is)."""
-    if chat_template or isinstance(prompt, str):
-        return render_prompt(tokenizer, prompt)
-    users = [m["content"] for m in prompt if m.get("role") == "user"]
-    return users[-1] if users else "\n".join(m["content"] for m in prompt)
 
 
 def encode_left_padded(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],

@@ -3,7 +3,7 @@
 * `combine_logprobs`: the combination formula (log π_base + Σ_i w_i · term_i) / T.
 * `GuidedLogits`: a `transformers.LogitsProcessor` that applies it inside `model.generate`, with the next-token
   log-probs of guide models (each with its own incremental `DynamicCache`) and of arbitrary term callables.
-* `genarm`: the GenARM preset (Xu et al., arXiv 2410.08193; decoding.md §5),
+* `genarm`: the GenARM preset (Xu et al., ICLR 2025, arXiv 2410.08193; official code Yuancheng-Xu/GenARM),
   π_decode(y_t | x, y_<t) ∝ π_base(y_t | x, y_<t) · Π_i π_arm_i(y_t | x, y_<t)^α_i.
 
 Where the processor sits: in transformers 5.24 `GenerationMixin._get_logits_processor` merges user processors
@@ -25,16 +25,15 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from alignkit.data.prompts import Prompt, render_prompt
 from alignkit.decode.core import (
     Completion,
     ForwardCounter,
     decode_new,
     encode_left_padded,
     evaluating,
-    prompt_text,
     seeded,
 )
-from alignkit.decode.generate import Prompt
 
 Term = Callable[[torch.Tensor], torch.Tensor]
 
@@ -186,7 +185,7 @@ def genarm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
            temperature: float | None = None, do_sample: bool = True, top_k: int = 0, top_p: float = 1.0,
            max_new_tokens: int = 128, batch_size: int = 8, seed: int | None = 0,
            chat_template: bool = True) -> list[Completion]:
-    """GenARM guided decoding (Xu et al., arXiv 2410.08193; decoding.md §5): sample from
+    """GenARM guided decoding (Xu et al., arXiv 2410.08193): sample from
     scores = (log π_base(y_t|·) + Σ_i α_i log π_arm_i(y_t|·)) / T, i.e. π_base · Π_i π_arm_i^α_i at T = 1.
 
     `arm` is one autoregressive reward model or a list (multi-objective, `alpha` a float or one per ARM);
@@ -208,7 +207,7 @@ def genarm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
                       "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
                       "temperature": 1.0 if do_sample else None, "top_k": top_k if do_sample else None,
                       "top_p": top_p if do_sample else None}
-    texts = [prompt_text(tokenizer, prompt, chat_template) for prompt in prompts]
+    texts = [render_prompt(tokenizer, prompt, chat_template) for prompt in prompts]
     order = sorted(range(len(texts)), key=lambda i: len(tokenizer(texts[i], add_special_tokens=False)["input_ids"]))
     results: list[Completion] = [None] * len(texts)  # type: ignore[list-item]
     models = _distinct(model, *arms)

@@ -16,8 +16,8 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from alignkit.data.prompts import Prompt
 from alignkit.decode.core import Completion
-from alignkit.decode.generate import Prompt
 
 
 @dataclass(frozen=True)

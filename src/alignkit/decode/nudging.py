@@ -1,5 +1,5 @@
-"""Nudging (Fei, Razeghi, Singh; arXiv 2410.09300; decoding.md §2): a small aligned *guide* model writes the
-tokens where a large *base* model is unsure; the base writes everything else.
+"""Nudging (Fei, Razeghi, Singh; arXiv 2410.09300; official code fywalter/nudging): a small aligned *guide*
+model writes the tokens where a large *base* model is unsure; the base writes everything else.
 
 Rule (γ = `gamma`; "top-1 probability ≥ γ means the base is confident"): at each position the base's greedy
 token v* = argmax_v π_base(v | x, y_<t) is written when p* = π_base(v* | x, y_<t) ≥ γ. When p* < γ the guide
@@ -17,7 +17,8 @@ Two levels:
   nudging_with_caching.ipynb]: a full `draft_tokens` draft, verified in ONE base forward, then cut. The two
   keep the same tokens except when the full draft ends with EOS after the takeover point (the notebook
   accepts such a draft whole; the lazy draft is cut at the takeover point).
-* text level (different tokenizers): the word-level API algorithm of decoding.md §2.1 (`nudging_text.py`).
+* text level (different tokenizers): the official API's word-level algorithm [code: utils.py, run_api.py]
+  (`nudging_text.py`).
 
 Deviations, stated: the official API and notebook start every answer with a guide draft; here the base
 writes first when it is confident (`guide_first=True` restores the official order). The notebook hands over
@@ -34,8 +35,8 @@ from typing import Literal
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from alignkit.decode.core import Completion, ForwardCounter, evaluating, prompt_text
-from alignkit.decode.generate import Prompt
+from alignkit.data.prompts import Prompt, render_prompt
+from alignkit.decode.core import Completion, ForwardCounter, evaluating
 from alignkit.decode.nudging_text import (
     IncrementalLM,
     NudgingSettings,
@@ -170,7 +171,7 @@ def nudging(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts:
             guide_chat_template: bool = True, seed: int | None = 0, batch_size: int = 1,
             mode: NudgingMode = "auto", use_cache: bool = True, max_rounds: int = 150,
             guide_first: bool = False, lazy_draft: bool = True, base_format: str = BASE_FORMAT) -> list[Completion]:
-    """Nudge the base `model` with the small aligned `guide` (arXiv 2410.09300; decoding.md §2).
+    """Nudge the base `model` with the small aligned `guide` (arXiv 2410.09300).
 
     Defaults: γ = 0.4 (README/notebook; argparse 0.3, UNVERIFIED which the paper used), `draft_tokens` = 16
     (`completion_token_num_nudging`), `max_rounds` = 150 (`max_round`), greedy decoding. The base reads the raw
@@ -198,9 +199,9 @@ def nudging(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts:
     completions = []
     with evaluating(model, guide):
         for prompt in prompts:
-            base_text = prompt_text(tokenizer, prompt, True) if chat_template else \
-                base_format.format(prompt=prompt_text(tokenizer, prompt, False))
-            guide_text = prompt_text(guide_tokenizer, prompt, guide_chat_template)
+            base_text = render_prompt(tokenizer, prompt, True) if chat_template else \
+                base_format.format(prompt=render_prompt(tokenizer, prompt, False))
+            guide_text = render_prompt(guide_tokenizer, prompt, guide_chat_template)
             base_lm, guide_lm = IncrementalLM(model, use_cache), IncrementalLM(guide, use_cache)
             with ForwardCounter(model, guide) as counter:
                 if token_level:

@@ -1,15 +1,15 @@
 """Nudging building blocks: an LCP-cached incremental forward and the text-level (cross-tokenizer) loop.
 
-* `IncrementalLM` (decoding.md §0.3): one causal LM over a token sequence that may grow, shrink or change
-  between calls. It keeps a `DynamicCache` of the last sequence; for a new one it crops the cache to the
-  longest common token prefix (LCP) and runs only the tokens after it, so a call costs one forward over the
-  changed tail. With `use_cache=False` every call recomputes the whole sequence (the reference path).
+* `IncrementalLM`: one causal LM over a token sequence that may grow, shrink or change between calls. It
+  keeps a `DynamicCache` of the last sequence; for a new one it crops the cache to the longest common token
+  prefix (LCP) and runs only the tokens after it, so a call costs one forward over the changed tail.
+  With `use_cache=False` every call recomputes the whole sequence (the reference path).
 * `TextView`: one model's view of `its own prompt text + the shared output text` as token ids. Tokens the
   model writes itself are appended as ids; when the shared output no longer equals what the view covers
-  (the other model wrote, or a probe text), the model re-tokenizes its prompt + the output (decoding.md §2.1:
-  "everything exchanged as text; each model re-tokenizes its own prefix + shared out").
-* `nudge_text`: the word-level algorithm of decoding.md §2.1 / §2.2 [code: fywalter/nudging@2ffbf1f utils.py
-  `completion_with_nudging`, `complete_with_base`], used when the two tokenizers differ.
+  (the other model wrote, or a probe text), the model re-tokenizes its prompt + the output (as the official
+  API code does: only text crosses between the models).
+* `nudge_text`: the word-level Nudging algorithm (Fei et al., arXiv 2410.09300) [code: fywalter/nudging@2ffbf1f
+  utils.py `completion_with_nudging`, `complete_with_base`], used when the two tokenizers differ.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from alignkit.data.preferences import common_prefix_length
+from alignkit.data.rows import common_prefix_length
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def top1(logits: torch.Tensor) -> tuple[int, float]:
 
 
 class IncrementalLM:
-    """A causal LM with an LCP-reusing KV cache (decoding.md §0.3 `IncrementalLM`, over token ids)."""
+    """A causal LM with an LCP-reusing KV cache over token ids."""
 
     def __init__(self, model: PreTrainedModel, use_cache: bool = True):
         self.model = model
@@ -133,7 +133,7 @@ class TextView:
 
 
 def accepted_draft_words(base: TextView, out: str, draft: str, gamma: float) -> tuple[str, bool]:
-    """The part of the guide's draft kept, and whether the base takes over after it (decoding.md §2.1 step 3–4).
+    """The part of the guide's draft kept, and whether the base takes over after it.
 
     The draft is split into words on " " (leading spaces kept); the first word is always accepted. For
     j = 1.., the base is probed on `out + words[:j]`; it takes over at the first j where its greedy piece is a
@@ -155,7 +155,7 @@ def accepted_draft_words(base: TextView, out: str, draft: str, gamma: float) -> 
 
 def nudge_text(base: TextView, guide: TextView, count_base_tokens: Callable[[str], int],
                settings: NudgingSettings) -> Outcome:
-    """Text-level nudging: the models exchange text and each re-tokenizes it (decoding.md §2.1, §2.2).
+    """Text-level nudging (arXiv 2410.09300): the models exchange text and each re-tokenizes it.
 
     The base writes greedily while its top-1 probability is ≥ γ (the first base token after a takeover is
     accepted unconditionally, `complete_with_base`); otherwise the guide drafts up to `draft_tokens` tokens,

@@ -1,18 +1,17 @@
-"""Mechanism (c): sample N completions per prompt, score them with a reward, keep one (decoding.md §6).
+"""Mechanism (c): sample N completions per prompt, score them with a reward, keep one.
 
 * Best-of-N (BoN): y* = argmax_{i ≤ N} r(x, y_i) with y_1..y_N i.i.d. ~ π(·|x); default N = 8 as in AISteer360's
-  `best_of_n` and TRL's `BestOfNSampler` (decoding.md §0.2, §6). Cost ≈ N forward passes per generated token
-  plus N reward calls per prompt (decoding.md §11).
-* Worst-of-N (WoN, "BoN jailbreaking" evaluation, decoding.md §6): an adversary keeps y* = argmin_i r(x, y_i) of
-  a safety reward; `worst_of_n_attack_success` gives ASR@N. Not Hughes et al.'s prompt-augmentation attack.
-* Calibrated BoN (InfAlign, Balashankar et al., arXiv 2412.19792; decoding.md §6): the reward is replaced by its
+  `best_of_n` [code: IBM/AISteer360 aisteer360/algorithms/output_control/best_of_n] and TRL's
+  `trl.extras.BestOfNSampler`. Cost ≈ N forward passes per generated token plus N reward calls per prompt.
+* Worst-of-N (WoN, the "best-of-N jailbreaking" setting of InfAlign, arXiv 2412.19792): an adversary keeps
+  y* = argmin_i r(x, y_i) of a safety reward; `worst_of_n_attack_success` gives ASR@N. Not Hughes et al.'s
+  prompt-augmentation attack.
+* Calibrated BoN (InfAlign, Balashankar et al., ICML 2025, arXiv 2412.19792): the reward is replaced by its
   per-prompt empirical CDF under reference-policy samples, C(x, y) = P_{z∼π_ref}[r(x, z) < r(x, y)] + ½·P[=]
   (tie rule of `EmpiricalCDF`; the paper's exact rule is UNVERIFIED), optionally through a transform Φ.
 
-Sampling uses one `model.generate` call per batch of prompts with `num_return_sequences=N` (left padding,
-KV cache, each prompt tokenized once; transformers expands the rows before prefill, so the prefill runs over
-N rows per prompt). `batched=False` instead makes N generate calls of one sample each (for the speed
-comparison "BoN batched vs N sequential runs"). All B·N candidates are scored in one reward call.
+Samples come from `alignkit.decode.sampling.draw_samples` (one `generate` call per batch of prompts with
+`num_return_sequences=N`); all B·N candidates are scored in one reward call.
 """
 
 from __future__ import annotations
@@ -23,17 +22,10 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from alignkit.decode.core import (
-    Completion,
-    ForwardCounter,
-    decode_new,
-    encode_left_padded,
-    evaluating,
-    prompt_text,
-    seeded,
-)
-from alignkit.decode.generate import Prompt
-from alignkit.models.rewards import CalibratedReward, Content, EmpiricalCDF, Reward
+from alignkit.data.prompts import Content, Prompt, as_completion
+from alignkit.decode.core import Completion
+from alignkit.decode.sampling import draw_samples
+from alignkit.models.rewards import CalibratedReward, EmpiricalCDF, Reward, fit_reference_cdf
 
 SELECT_RULES = ("max", "min")
 Calibration = CalibratedReward | EmpiricalCDF | Sequence[Sequence[Content]] | None
@@ -50,68 +42,6 @@ class Candidates:
     calibrated: torch.Tensor | None
     forward_passes: list[float]
     reward_calls: list[int]
-
-
-def _as_completion(prompt: Prompt, text: str) -> Content:
-    """A completion in the prompt's format: a string for a string prompt, one assistant message otherwise."""
-    return text if isinstance(prompt, str) else [{"role": "assistant", "content": text}]
-
-
-def _generate_settings(tokenizer: PreTrainedTokenizerBase, temperature: float, top_p: float,
-                       max_new_tokens: int, n: int) -> dict:
-    """Pure ancestral sampling (top_k off) at `temperature`, nucleus `top_p`, `n` samples per prompt row."""
-    return {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0,
-            "max_new_tokens": max_new_tokens, "num_return_sequences": n,
-            "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
-
-
-def _sample_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], n: int,
-                  settings: dict, batched: bool) -> tuple[list[list[str]], list[list[int]]]:
-    """N samples for each text: one generate call with `num_return_sequences=n`, or n calls of one sample."""
-    encoded = encode_left_padded(tokenizer, texts, model.device)
-    width = encoded["input_ids"].shape[1]
-    if batched:
-        decoded, counts = decode_new(tokenizer, model.generate(**encoded, **settings)[:, width:])
-        return ([decoded[b * n:(b + 1) * n] for b in range(len(texts))],
-                [counts[b * n:(b + 1) * n] for b in range(len(texts))])
-    single = {**settings, "num_return_sequences": 1}
-    runs = [decode_new(tokenizer, model.generate(**encoded, **single)[:, width:]) for _ in range(n)]
-    rows = range(len(texts))
-    return [[run[0][b] for run in runs] for b in rows], [[run[1][b] for run in runs] for b in rows]
-
-
-def draw_samples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], *, n: int,
-                 temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 128, batch_size: int = 8,
-                 seed: int | None = 0, chat_template: bool = True,
-                 batched: bool = True) -> tuple[list[list[str]], list[list[int]], list[float]]:
-    """(texts [P][N], token counts [P][N], forward passes per prompt) of N samples per prompt.
-
-    Prompts are sorted by token length into batches (as `alignkit.decode.generate.generate`, so N = 1 reproduces
-    its sampling for the same seed and batch size); `torch.manual_seed(seed)` once, RNG state restored after.
-    A prompt's forward passes are its batch's counted rows divided by the prompts in the batch: N rows per
-    model call, finished rows included, i.e. N·T for a run of T tokens.
-    """
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
-    if temperature <= 0 or not 0 < top_p <= 1:
-        raise ValueError(f"need temperature > 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
-    texts = [prompt_text(tokenizer, prompt, chat_template) for prompt in prompts]
-    lengths = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
-    order = sorted(range(len(texts)), key=lengths.__getitem__)
-    settings = _generate_settings(tokenizer, temperature, top_p, max_new_tokens, n)
-    samples: list[list[str]] = [[] for _ in texts]
-    counts: list[list[int]] = [[] for _ in texts]
-    passes = [0.0] * len(texts)
-    with seeded(seed, model), evaluating(model):
-        for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
-            with ForwardCounter(model) as counter:
-                batch_samples, batch_counts = _sample_batch(model, tokenizer, [texts[i] for i in batch], n,
-                                                            settings, batched)
-            for k, index in enumerate(batch):
-                samples[index], counts[index] = batch_samples[k], batch_counts[k]
-                passes[index] = counter.rows / len(batch)
-    return samples, counts, passes
 
 
 def _calibrated_reward(reward: Reward, calibration: Calibration,
@@ -132,14 +62,8 @@ def _calibrated_reward(reward: Reward, calibration: Calibration,
         return CalibratedReward(reward, calibration), [0] * len(prompts)
     if len(calibration) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(calibration)} lists of reference completions")
-    flat_prompts = [p for p, refs in zip(prompts, calibration) for _ in refs]
-    flat = [_as_completion(p, r) if isinstance(r, str) else r for p, refs in zip(prompts, calibration) for r in refs]
-    scores = reward(flat_prompts, flat).float().tolist()
-    fitted, start = [], 0
-    for prompt, refs in zip(prompts, calibration):
-        fitted.append((prompt, scores[start:start + len(refs)]))
-        start += len(refs)
-    return CalibratedReward(reward, EmpiricalCDF().fit(fitted)), [len(refs) for refs in calibration]
+    cdf = fit_reference_cdf(reward, list(zip(prompts, calibration)))
+    return CalibratedReward(reward, cdf), [len(refs) for refs in calibration]
 
 
 def score_samples(reward: Reward, prompts: Sequence[Prompt], texts: Sequence[Sequence[str]],
@@ -153,7 +77,7 @@ def score_samples(reward: Reward, prompts: Sequence[Prompt], texts: Sequence[Seq
         raise ValueError("reranking needs a scalar reward; scalarise first (Direction or WeightedSum)")
     n = len(texts[0]) if texts else 0
     flat_prompts = [p for p, row in zip(prompts, texts) for _ in row]
-    flat = [_as_completion(p, t) for p, row in zip(prompts, texts) for t in row]
+    flat = [as_completion(p, t) for p, row in zip(prompts, texts) for t in row]
     raw = reward(flat_prompts, flat).float().reshape(len(prompts), n)
     calibrated_reward, reference_calls = _calibrated_reward(reward, calibration, prompts)
     calibrated = None
@@ -209,7 +133,7 @@ def sample_and_rerank(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
                       calibration: Calibration = None, batched: bool = True, max_new_tokens: int = 128,
                       batch_size: int = 8, seed: int | None = 0, chat_template: bool = True) -> list[Completion]:
     """Draw N samples per prompt from π at (`temperature`, `top_p`), score them with `reward`, keep
-    argmax (`select="max"`) or argmin (`"min"`) per prompt, ties to the first sample (decoding.md §6).
+    argmax (`select="max"`) or argmin (`"min"`) per prompt, ties to the first sample.
 
     Diagnostics: `forward_passes`, `forward_passes_per_token` (per selected token; ≈ N), `reward_calls`
     (N plus the reference completions scored for calibration), `n`, `selected_index`, `selected_reward` (raw),
@@ -227,7 +151,7 @@ def best_of_n(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt
               reward: Reward, n: int = 8, temperature: float = 1.0, top_p: float = 1.0,
               calibration: Calibration = None, batched: bool = True, max_new_tokens: int = 128,
               batch_size: int = 8, seed: int | None = 0, chat_template: bool = True) -> list[Completion]:
-    """Best-of-N: the sample with the highest reward (n = 8: AISteer360 / TRL BestOfNSampler, decoding.md §0.2).
+    """Best-of-N: the sample with the highest reward (n = 8: AISteer360 `best_of_n` / TRL `BestOfNSampler`).
 
     With `calibration` (InfAlign calibrated BoN) the selection score is Φ(C(x, r(x, y))), C the per-prompt
     empirical CDF of r under reference-policy samples. C is non-decreasing in r for a fixed prompt, so the
@@ -246,15 +170,15 @@ def worst_of_n(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, promp
                reward: Reward, n: int = 8, temperature: float = 1.0, top_p: float = 1.0,
                calibration: Calibration = None, batched: bool = True, max_new_tokens: int = 128,
                batch_size: int = 8, seed: int | None = 0, chat_template: bool = True) -> list[Completion]:
-    """Worst-of-N (BoN jailbreaking evaluation, decoding.md §6): the adversary keeps the sample with the lowest
-    (safety) reward. n = 8 mirrors `best_of_n`; the ASR@N curve uses N ∈ {1, 2, 4, …, 32}."""
+    """Worst-of-N (best-of-N jailbreaking, InfAlign arXiv 2412.19792): the adversary keeps the sample with the
+    lowest (safety) reward. n = 8 mirrors `best_of_n`; the ASR@N curve uses N ∈ {1, 2, 4, …, 32}."""
     return sample_and_rerank(model, tokenizer, prompts, reward=reward, n=n, select="min", temperature=temperature,
                              top_p=top_p, calibration=calibration, batched=batched, max_new_tokens=max_new_tokens,
                              batch_size=batch_size, seed=seed, chat_template=chat_template)
 
 
 def win_rate(a: torch.Tensor, b: torch.Tensor) -> float:
-    """P(a beats b) with ties counted ½, over all pairs of the last dimension (decoding.md §6):
+    """P(a beats b) with ties counted ½, over all pairs of the last dimension:
 
         W = mean_{i,j} ( 1[a_i > b_j] + ½·1[a_i = b_j] ),
 
@@ -267,8 +191,8 @@ def win_rate(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def worst_of_n_attack_success(scores: torch.Tensor, threshold: float, n: int | None = None) -> float:
-    """ASR@N = mean over prompts of 1[min_{i ≤ N} s_i < threshold] for safety scores [prompts, N]
-    (decoding.md §6); with `n`, only the first n samples of each prompt count (one point of the ASR@N curve)."""
+    """ASR@N = mean over prompts of 1[min_{i ≤ N} s_i < threshold] for safety scores [prompts, N];
+    with `n`, only the first n samples of each prompt count (one point of the ASR@N curve)."""
     scores = torch.as_tensor(scores, dtype=torch.float64)
     if scores.dim() != 2:
         raise ValueError(f"scores must be [prompts, N], got shape {tuple(scores.shape)}")

@@ -1,4 +1,4 @@
-"""Mechanism (b): candidate search with KV-cached lookahead rollouts, and the DeAL preset (decoding.md §3).
+"""Mechanism (b): candidate search with KV-cached lookahead rollouts, and the DeAL preset (arXiv 2402.06147).
 
 At each step every live beam proposes the top-k next tokens of the model. Each candidate is rolled out
 L tokens greedily from a fork of the beam's KV cache (`copy.deepcopy` + `DynamicCache.batch_repeat_interleave`,
@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from alignkit.data.prompts import Prompt, render_prompt
 from alignkit.decode.core import (Completion, ForwardCounter, encode_left_padded, evaluating, generated_length,
-                                  prompt_text, seeded)
-from alignkit.decode.generate import Prompt
+                                  seeded)
 from alignkit.decode.guidance import combine_logprobs
 from alignkit.models.rewards import Reward
 
@@ -181,7 +181,7 @@ def _search_batch(model: PreTrainedModel, rollout_model: PreTrainedModel | None,
                   prompts: list[Prompt], value: ValueFn, settings: SearchSettings, max_new_tokens: int,
                   chat_template: bool) -> tuple[list[Hypothesis], int]:
     """Search for one batch of prompts; returns the best hypothesis per prompt and the number of value calls."""
-    encoded = encode_left_padded(tokenizer, [prompt_text(tokenizer, p, chat_template) for p in prompts], model.device)
+    encoded = encode_left_padded(tokenizer, [render_prompt(tokenizer, p, chat_template) for p in prompts], model.device)
     prior, logits = Prefix.start(model, encoded["input_ids"], encoded["attention_mask"], settings.use_cache)
     roller = prior
     if rollout_model is not None and settings.lookahead > 0:
@@ -277,14 +277,15 @@ def deal(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Se
          k: int = 5, lookahead: int = 10, lam: float = 1.0, beams: int = 1, max_new_tokens: int = 128,
          batch_size: int = 1, seed: int | None = 0, chat_template: bool = True,
          use_cache: bool = True) -> list[Completion]:
-    """DeAL, decoding as heuristic-guided search (Huang et al., arXiv 2402.06147; decoding.md §3).
+    """DeAL, decoding as heuristic-guided search (Huang et al., arXiv 2402.06147, ACL 2025).
 
     Each step: top-k tokens of the LM as actions, a greedy lookahead of l tokens from each, and
     c(y_t) = log P(y_{1:t} | p) + λ · h(y_{1:t+l}, p) with h = `reward` on the lookahead-completed text; keep
     the best `beams` (beams=1: argmax); repeat to EOS. No official code; the paper's k, l, λ and search
-    variant are UNVERIFIED (decoding.md §3, §13). Defaults: k=5 and l=10 are AISteer360's DeAL numbers
-    (`init_beams=5`, `lookahead=10`, decoding.md §0.2), λ=1 weighs log-probs and reward equally, and one beam
-    keeps the cost at 1 + k·l = 51 forwards per token, within the 22–55× slowdown reported (secondary).
+    variant are UNVERIFIED (not recovered from the paper). Defaults: k=5 and l=10 are AISteer360's DeAL
+    numbers (`init_beams=5`, `lookahead=10` [code: IBM/AISteer360 aisteer360/algorithms/output_control/deal]),
+    λ=1 weighs log-probs and reward equally, and one beam keeps the cost at 1 + k·l = 51 forwards per token,
+    within the 22–55× slowdown reported (secondary).
     An alignment prompt ("start-state adaptation") is part of `prompts`. Diagnostics: see `search`.
     """
     settings = SearchSettings(k=k, lookahead=lookahead, weight=lam, beams=beams, cumulative=True,

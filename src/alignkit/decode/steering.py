@@ -1,5 +1,5 @@
 """Activation steering with representation-engineering directions (Wolf et al., "Tradeoffs Between Alignment
-and Helpfulness in Language Models with Steering Methods", arXiv 2401.16332; decoding.md §7; official code
+and Helpfulness in Language Models with Steering Methods", arXiv 2401.16332; official code
 dorin133/REPE_alignment_helpfulness_tradeoff@1803d78 utils/generate_reading_vectors.py, utils/WrapModel.py,
 built on RepE `rep-reading`).
 
@@ -14,7 +14,7 @@ The sign makes positives score higher: v is flipped when fewer pairs have d_i·v
 sign of Σ d_i·v); RepE's `get_signs` with labels. Then v ← v/‖v‖ (the paper normalises before injection).
 
 Steering: decoder block l's output becomes h_l + c·v_l at every position (padding included; padded positions
-are masked out of attention), no renormalisation (`normalize=False`). Cost: no extra forwards (decoding.md §11).
+are masked out of attention), no renormalisation (`normalize=False`). Cost: no extra forwards.
 """
 
 from __future__ import annotations
@@ -27,16 +27,17 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from alignkit.data.prompts import Prompt, render_prompt, text_of
+from alignkit.data.records import Record
+from alignkit.data.rows import RowProblem, collect
 from alignkit.decode.core import (
     Completion,
     ForwardCounter,
     decode_new,
     encode_left_padded,
     evaluating,
-    prompt_text,
     seeded,
 )
-from alignkit.decode.generate import Prompt, render_prompt
 
 Directions = Mapping[int, torch.Tensor]
 # Paper layers for 32-layer models (Llama-2-7b, Llama-3.1-8B): blocks 14..10 = range(-18, -23, -1), i.e. the
@@ -126,6 +127,22 @@ def steering_directions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
     return {layer: unit_direction(plus[layer] - minus[layer], method).cpu() for layer in chosen}
 
 
+def contrast_texts(records: Sequence[Record], tokenizer: PreTrainedTokenizerBase) -> tuple[list[str], list[str]]:
+    """Positive and negative texts for `steering_directions`: rows {positive, negative}, or preference rows whose
+    prompt is rendered with the chat template and followed by the chosen (positive) or rejected (negative)
+    answer's text. A row with neither is a DataError naming it."""
+    def read(record: Record) -> tuple[str, str]:
+        row = record.data
+        if "positive" in row and "negative" in row:
+            return str(row["positive"]), str(row["negative"])
+        if all(key in row for key in ("prompt", "chosen", "rejected")):
+            prefix = render_prompt(tokenizer, row["prompt"])
+            return prefix + text_of(row["chosen"]), prefix + text_of(row["rejected"])
+        raise RowProblem(None, "needs fields positive and negative, or prompt, chosen and rejected")
+    pairs = collect(records, read)
+    return [positive for positive, _ in pairs], [negative for _, negative in pairs]
+
+
 @contextmanager
 def steered(model: PreTrainedModel, directions: Directions, coefficient: float) -> Iterator[None]:
     """Inside the block, decoder block l outputs h_l + coefficient·v_l at every position (forward hooks,
@@ -173,7 +190,7 @@ def steering(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     (rows per prompt), `coefficient`, `steered_layers`.
     """
     vectors = load_directions(directions) if isinstance(directions, (str, Path)) else directions
-    texts = [prompt_text(tokenizer, prompt, chat_template) for prompt in prompts]
+    texts = [render_prompt(tokenizer, prompt, chat_template) for prompt in prompts]
     settings: dict = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     if do_sample:

@@ -1,4 +1,4 @@
-"""Transfer Q* (Chakraborty et al., arXiv 2405.20495, NeurIPS 2024; decoding.md §4) on the search driver.
+"""Transfer Q* (Chakraborty et al., arXiv 2405.20495, NeurIPS 2024) on the search driver.
 
 Decoding rule: π(z | s_t) ∝ π_prior(z | s_t) · exp(α · Q̂(s_t, z)) over the prior's top-k tokens z, with
 Q̂ the reward of a greedy rollout of the rollout model from [x, y_<t, z] (official code
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from alignkit.data.prompts import Prompt
 from alignkit.decode.core import Completion
-from alignkit.decode.generate import Prompt
 from alignkit.decode.search import SearchSettings, ValueFn, completions, reward_value, search
 from alignkit.models.rewards import Reward
 
@@ -25,7 +25,7 @@ def transfer_value(reward: Reward, baseline_reward: Reward | None = None, inv_be
     exp(inv_beta · (r − r_BL)) · r with the baseline model's reward r_BL.
 
     The indirect form is the official code's (`delta = r − r_BL; exp(0.5 · delta) · r` in indirect.py, where
-    0.5 plays 1/β); the paper's importance ratio is UNVERIFIED (decoding.md §4).
+    0.5 plays 1/β); UNVERIFIED: the paper's exact importance ratio was not checked.
     """
     direct = reward_value(reward)
     if baseline_reward is None:
@@ -59,7 +59,7 @@ def transfer_q(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, promp
                baseline_reward: Reward | None = None, inv_beta: float = 0.5, max_new_tokens: int = 128,
                batch_size: int = 1, seed: int | None = 0, chat_template: bool = True,
                use_cache: bool = True) -> list[Completion]:
-    """Transfer Q* decoding with `model` as the prior π_prior (decoding.md §4).
+    """Transfer Q* decoding with `model` as the prior π_prior (Chakraborty et al., arXiv 2405.20495).
 
     Each step: prescreen the prior's top-k tokens z; roll each out `lookahead` tokens greedily with
     `rollout_model` (the baseline aligned model ρ_BL; default: the prior itself, from its own KV cache; a

@@ -1,5 +1,5 @@
 """URIAL: a base model aligned by a prompt (Lin et al., "The Unlocking Spell on Base LLMs", ICLR 2024,
-arXiv 2312.01552; decoding.md §1.2-1.3; official code Re-Align/URIAL).
+arXiv 2312.01552; official code Re-Align/URIAL).
 
 The prompt is a fixed ~1k-token preamble (system text + K=3 stylistic examples, shipped verbatim in
 `urial_prompts/`) followed by the conversation in the FastChat `urial_backticks` frame
@@ -11,7 +11,7 @@ roles alternating ("# Query:", "# Answer:"). The base model continues the open a
 string ("# Query", "# User" [code: src/unified_infer.py, vLLM `stop=`]); the text is cut before the stop string
 and cleaned as `clear_output` [code: src/unified_utils.py]: remove "```" and "<|endoftext|>", strip.
 
-Cost (decoding.md §1.3, §11): one forward of the base model per token. The preamble is the same for every
+Cost: one forward of the base model per token. The preamble is the same for every
 prompt, so it is prefilled once into a `DynamicCache` and every batch starts from a copy of it.
 """
 
@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from alignkit.data.preferences import common_prefix_length
+from alignkit.data.prompts import Prompt
+from alignkit.data.rows import common_prefix_length
 from alignkit.decode.core import Completion, ForwardCounter, evaluating, seeded
-from alignkit.decode.generate import Prompt
 
 PROMPT_DIR = Path(__file__).with_name("urial_prompts")
 ROLES = ("# Query:", "# Answer:")
@@ -46,7 +46,7 @@ def load_urial_text(prompt: str = "inst_1k_v4.help") -> str:
 def urial_prompt(turns: Sequence[str], prompt: str = "inst_1k_v4.help") -> str:
     """The full URIAL prompt for a conversation `turns = [q1, a1, q2, ...]` whose last turn is a query.
 
-    FastChat `urial_backticks` assembly (decoding.md §1.2): each turn becomes
+    FastChat `urial_backticks` assembly [code: Re-Align/URIAL src/fastchat_conversation.py]: each turn becomes
     "\\n" + role + "\\n```\\n" + message + "\\n```\\n", and the prompt ends with the open "\\n# Answer:\\n```\\n".
     """
     if len(turns) % 2 != 1:
@@ -147,7 +147,7 @@ def urial(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: S
           prompt: str = "inst_1k_v4.help", max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
           repetition_penalty: float = 1.1, stop_strings: Sequence[str] = STOP_STRINGS, batch_size: int = 8,
           seed: int | None = 0, use_prefix_cache: bool = True, chat_template: bool = False) -> list[Completion]:
-    """Answer every prompt with the base model after the URIAL preamble `prompt` (decoding.md §1.3).
+    """Answer every prompt with the base model after the URIAL preamble `prompt`.
 
     Defaults: prompt `inst_1k_v4.help`, greedy, repetition penalty 1.1 (README/legacy runs; MT-bench used
     1.15), stops "# Query"/"# User". The whole prompt is tokenized with the tokenizer's special tokens (as vLLM

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from alignkit.decode.generate import generate
+from alignkit.decode.sampling import draw_samples
 from alignkit.models.verifiers import check, family, substantive
 
 TOTAL = "total"
@@ -86,9 +86,9 @@ def load_heldout(path: str | Path | None = None) -> list[dict]:
 def evaluate_instructions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict], *,
                           max_new_tokens: int = 96, batch_size: int = 16) -> InstructionReport:
     """Greedily complete every row's prompt and score it with the row's check."""
-    completions = generate(model, tokenizer, [row["prompt"] for row in rows],
-                           max_new_tokens=max_new_tokens, batch_size=batch_size)
-    return score_instructions(rows, [outs[0] for outs in completions])
+    texts, _, _ = draw_samples(model, tokenizer, [row["prompt"] for row in rows], n=1, temperature=0,
+                               max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return score_instructions(rows, [outs[0] for outs in texts])
 
 
 def score_instructions(rows: Sequence[dict], completions: Sequence[str]) -> InstructionReport:

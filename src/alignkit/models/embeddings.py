@@ -1,35 +1,19 @@
 """Prompt embeddings from a causal LM: the mean of the last hidden state over the prompt's tokens.
 
-This is the embedding BCO's underlying distribution matching classifies (objectives.md §3; TRL's
-`BCOTrainer` docs use the mean-pooled `last_hidden_state` as `embedding_func`). A prompt is tokenized as
-training tokenizes it (`alignkit.data.tokenization`): a message list is rendered by the chat template with
-the generation prompt (`alignkit.decode.generate.render_prompt`) and encoded without extra special tokens,
-since the template supplies them; a string is encoded with the tokenizer's special tokens (e.g. a BOS).
+This is the embedding BCO's underlying distribution matching classifies (Jung et al. 2024, arXiv 2404.04656;
+TRL's `BCOTrainer` docs use the mean-pooled `last_hidden_state` as `embedding_func`). A prompt is tokenized
+as training tokenizes it (`alignkit.data.prompts.prompt_ids`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from alignkit.decode.generate import Prompt, render_prompt
-
-
-def prompt_token_ids(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> list[int]:
-    """The token ids of one prompt, as the trainer tokenizes it (see the module docstring)."""
-    if isinstance(prompt, list) and not tokenizer.chat_template:
-        raise ValueError("message-list prompts need a tokenizer with a chat template")
-    text = render_prompt(tokenizer, prompt)
-    return list(tokenizer(text, add_special_tokens=isinstance(prompt, str))["input_ids"])
-
-
-def _backbone(model: PreTrainedModel) -> Any:
-    """The decoder without its LM head (`model.model` for Llama-style models), so no logits are computed."""
-    base = getattr(model, "base_model", None)
-    return base if base is not None and base is not model else model
+from alignkit.data.prompts import Prompt, prompt_ids
+from alignkit.models.logprobs import unwrap_peft
 
 
 @torch.no_grad()
@@ -46,11 +30,11 @@ def prompt_embeddings(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if not prompts:
         raise ValueError("no prompts to embed")
-    ids = [prompt_token_ids(tokenizer, prompt) for prompt in prompts]
+    ids = [prompt_ids(tokenizer, prompt) for prompt in prompts]
     empty = [i for i, tokens in enumerate(ids) if not tokens]
     if empty:
         raise ValueError(f"prompts {empty[:10]} tokenize to no tokens; every prompt needs at least one")
-    backbone, device = _backbone(model), model.device
+    backbone, device = unwrap_peft(model).get_decoder(), model.device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked out either way
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     pooled_batches = []

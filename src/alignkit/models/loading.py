@@ -44,6 +44,22 @@ class Loaded(NamedTuple):
     source: str  # the local folder (or file) the weights were read from
 
 
+def default_device() -> torch.device:
+    """The first GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def ensure_loaded(model: str | os.PathLike | Loaded, *, dtype: torch.dtype = torch.float32,
+                  device: str | torch.device | None = None) -> Loaded:
+    """An already loaded model as it is (where it is), or `load(name)` moved to `device` (default: the GPU if
+    any)."""
+    if isinstance(model, Loaded):
+        return model
+    loaded = load(model, dtype=dtype)
+    loaded.model.to(device or default_device())
+    return loaded
+
+
 def cache_root() -> Path:
     """Folder for de-quantized models and cached reference log-probs (`$ALIGNKIT_CACHE`)."""
     return Path(os.environ.get("ALIGNKIT_CACHE", Path.home() / ".cache" / "alignkit"))

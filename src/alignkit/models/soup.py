@@ -1,8 +1,8 @@
 """Model soups: a model whose weights are the weighted average of N checkpoints' weights.
 
-SALSA (Chegini et al., arXiv 2411.01798; objectives.md §15) uses the weight-space average of two
-independently fine-tuned SFT models as the reference of the KL penalty. The averaging weights are
-UNVERIFIED in the notes; uniform (1/N each) is the default here. For every tensor name k:
+SALSA (Chegini et al., arXiv 2411.01798) uses the weight-space average of two independently fine-tuned SFT
+models as the reference of the KL penalty. The paper's averaging weights are UNVERIFIED (not checked);
+uniform (1/N each) is the default here. For every tensor name k:
 
     soup[k] = Σ_i w_i · θ_i[k]  with  w_i = weights_i / Σ_j weights_j,
 
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from alignkit.data.writing import OutputPathError
 from alignkit.models.loading import Loaded, ModelLoadError, load, save_model_atomically
 
 StateDict = Mapping[str, torch.Tensor]
@@ -104,10 +105,17 @@ def load_soup(paths: Sequence[str | os.PathLike], weights: Sequence[float] | Non
 
 
 def save_soup(paths: Sequence[str | os.PathLike], out: str | os.PathLike, weights: Sequence[float] | None = None, *,
-              dtype: torch.dtype = torch.float32) -> Path:
-    """Write the soup as a loadable Hugging Face folder (atomically) with `soup.json` naming its recipe."""
-    soup = load_soup(paths, weights, dtype=dtype)
+              dtype: torch.dtype = torch.float32, overwrite: bool = False) -> Path:
+    """Write the soup as a loadable Hugging Face folder (atomically) with `soup.json` naming its recipe.
+
+    `out` may not be one of the models, nor (without `overwrite`) an existing path: OutputPathError, before any
+    model is loaded."""
     folder = Path(out)
+    if any(folder.resolve() == Path(path).resolve() for path in paths):
+        raise OutputPathError(f"{out}: is one of the models; write the soup to a new folder")
+    if folder.exists() and not overwrite:
+        raise OutputPathError(f"{out}: already exists; choose a new folder or pass --overwrite")
+    soup = load_soup(paths, weights, dtype=dtype)
     save_model_atomically(soup.model, soup.tokenizer, folder)
     recipe = {"models": [str(p) for p in paths], "weights": normalized_weights(weights, len(paths)),
               "formula": "sum_i w_i * theta_i, weights normalized to sum 1, float32 accumulation"}

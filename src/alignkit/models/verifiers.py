@@ -32,10 +32,14 @@ def max_words(text: str, n: int) -> bool:
     return 0 < len(words(text)) <= n
 
 
+def word_pattern(word: str, case_sensitive: bool = False) -> re.Pattern:
+    """`word` (or a phrase) as whole words: not preceded or followed by a word character."""
+    return re.compile(r"(?<!\w)" + re.escape(word) + r"(?!\w)", 0 if case_sensitive else re.IGNORECASE)
+
+
 def include_word(text: str, word: str) -> bool:
     """`word` (or phrase) occurs as whole words, ignoring case."""
-    pattern = r"(?<!\w)" + re.escape(word) + r"(?!\w)"
-    return re.search(pattern, text, flags=re.IGNORECASE) is not None
+    return word_pattern(word).search(text) is not None
 
 
 def lowercase(text: str) -> bool:

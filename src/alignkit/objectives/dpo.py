@@ -19,6 +19,14 @@ def preference_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Ten
     }
 
 
+def logistic_loss(logits: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """The label-smoothed logistic loss −(1 − ε) log σ(z) − ε log σ(−z) per element (ε = label_smoothing in
+    [0, 0.5); ε = 0 is −log σ(z)), shared by DPO (cDPO's smoothing), SimPO, JPO and GenARM's ARM."""
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    return -(1.0 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
+
+
 def dpo(
     policy_chosen_logps: torch.Tensor,
     policy_rejected_logps: torch.Tensor,
@@ -39,13 +47,10 @@ def dpo(
     (eric-mitchell/direct-preference-optimization, trainers.py `preference_loss`). Implicit rewards are
     β · (log π − log π_ref). At π = π_ref the loss is ln 2 for every ε.
     """
-    if not 0.0 <= label_smoothing < 0.5:
-        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
     chosen_rewards = beta * (policy_chosen_logps - ref_chosen_logps)
     rejected_rewards = beta * (policy_rejected_logps - ref_rejected_logps)
-    logits = chosen_rewards - rejected_rewards
-    losses = -(1.0 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
-    return losses, preference_metrics(chosen_rewards, rejected_rewards)
+    return logistic_loss(chosen_rewards - rejected_rewards, label_smoothing), preference_metrics(chosen_rewards,
+                                                                                                rejected_rewards)
 
 
 register(
@@ -54,7 +59,5 @@ register(
         fn=dpo,
         description="Direct Preference Optimization: -log σ(β Δ) on summed log-probs; cDPO label smoothing",
         source="Rafailov et al. 2023 (arXiv 2305.18290) Eq. 7; eric-mitchell/direct-preference-optimization trainers.py",
-        inputs=("policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps"),
-        defaults={"beta": 0.1, "label_smoothing": 0.0},
     )
 )

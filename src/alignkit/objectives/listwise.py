@@ -52,9 +52,7 @@ register(
         fn=d2o,
         description="D2O: −log σ((β/K)Σ log-ratio(self samples) − α·log-ratio(human negative))",
         source="Duan et al. 2024 (arXiv 2403.03419) Eq. 3 (secondary copy; UNVERIFIED)",
-        inputs=("policy_samples_logps", "policy_rejected_logps", "ref_samples_logps", "ref_rejected_logps"),
         data_format="samples",
-        defaults={"beta": 0.1, "alpha": 0.1},
     )
 )
 
@@ -97,10 +95,8 @@ register(
         fn=logo,
         description="LOGO: reference-free −log σ(β(a_w − mean a_l) − γ) + λ·NLL(y_w) on token-mean log-probs",
         source="Tang et al. 2024 (arXiv 2410.18533); ZetangForward/LCM_Stack training/logo_train.py",
-        inputs=("policy_chosen_logps", "policy_rejected_logps"),
         data_format="list",
         logps="mean",
-        defaults={"beta": 10.0, "gamma_beta_ratio": 0.3, "sft_weight": 0.1},
     )
 )
 
@@ -203,10 +199,8 @@ register(
         fn=aft,
         description="AFT: NLL(positives) + log(1 + ΣΣ exp(s_n − s_p)) with a detached/boundary constraint",
         source=_AFT_SOURCE,
-        inputs=("policy_chosen_logps", "policy_rejected_logps"),
         data_format="list",
         logps="mean",
-        defaults={"vft_weight": 1.0, "constraint": "detached", "boundary": 1.0},
     )
 )
 register(
@@ -215,10 +209,8 @@ register(
         fn=aft_rank,
         description="AFT with ranking feedback: NLL(best) + pairwise (or PRO-style) constrained ranking loss",
         source=_AFT_SOURCE + "; ranking form UNVERIFIED",
-        inputs=("policy_ranked_logps",),
         data_format="ranked",
         logps="mean",
-        defaults={"vft_weight": 1.0, "constraint": "detached", "boundary": 1.0, "form": "pairwise"},
     )
 )
 
@@ -266,9 +258,7 @@ register(
         fn=poft,
         description="PoFT: −log σ(β(s_θ − s_A)) against aligned LLMs' precomputed token-mean log-probs (scores)",
         source="Fan et al. 2024 (arXiv 2412.12865) (loss form consistent with the paper; details UNVERIFIED)",
-        inputs=("policy_completion_logps", "scores"),
         data_format="sft",
         logps="mean",
-        defaults={"beta": 1.0, "aggregate": "mean"},
     )
 )

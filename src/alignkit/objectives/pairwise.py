@@ -11,12 +11,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from alignkit.objectives.dpo import dpo, preference_metrics
+from alignkit.objectives.dpo import dpo, logistic_loss, preference_metrics
 from alignkit.objectives.registry import Objective, register
 from alignkit.objectives.sft import nll_term
 
-PAIR = ("policy_chosen_logps", "policy_rejected_logps")
-PAIR_WITH_REFERENCE = PAIR + ("ref_chosen_logps", "ref_rejected_logps")
 Result = tuple[torch.Tensor, dict[str, torch.Tensor]]
 
 
@@ -29,12 +27,6 @@ def log1mexp(a: torch.Tensor) -> torch.Tensor:
     return torch.where(a > cut, near_zero, far)
 
 
-def _smoothed_logistic(logits: torch.Tensor, label_smoothing: float) -> torch.Tensor:
-    if not 0.0 <= label_smoothing < 0.5:
-        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
-    return -(1.0 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
-
-
 def ipo(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor, ref_chosen_logps: torch.Tensor,
         ref_rejected_logps: torch.Tensor, *, beta: float = 0.1) -> Result:
     """IPO (Azar et al. 2023, arXiv 2310.12036, Eq. 17) on token-averaged log-probs; β plays the role of τ.
@@ -43,6 +35,12 @@ def ipo(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor, 
 
     The per-token averaging is TRL 1.16's (DPOTrainer ``loss_type="ipo"``, which its authors report confirmed
     with the IPO authors). At π = π_ref the loss is 1/(4β²); it is minimal, with zero gradient, at h = 1/(2β).
+
+    Metrics: ``rewards/chosen`` = β·(a_w − a_w^ref) and ``rewards/rejected`` likewise, i.e. β times the
+    *token-averaged* log-ratio that the loss uses. TRL's DPOTrainer logs β times the *summed* log-ratio for
+    every loss type, IPO included, so TRL's IPO reward margins are larger by about the completion length and
+    its reward accuracies differ on the pairs where the two completions' lengths reverse the sign; compare
+    losses, not rewards, with a TRL IPO run.
     """
     chosen = policy_chosen_logps - ref_chosen_logps
     rejected = policy_rejected_logps - ref_rejected_logps
@@ -75,7 +73,7 @@ def simpo(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor
     loss. Implicit rewards are β·a. A tie (a_w = a_l) still costs softplus(γ) > ln 2.
     """
     chosen, rejected = beta * policy_chosen_logps, beta * policy_rejected_logps
-    losses = _smoothed_logistic(chosen - rejected - gamma, label_smoothing)
+    losses = logistic_loss(chosen - rejected - gamma, label_smoothing)
     return losses, preference_metrics(chosen, rejected)
 
 
@@ -172,40 +170,37 @@ def jpo(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor, 
 
 
 register(Objective(
-    name="ipo", fn=ipo, inputs=PAIR_WITH_REFERENCE, logps="mean", defaults={"beta": 0.1},
+    name="ipo", fn=ipo, logps="mean",
     description="IPO: (Δ − 1/(2β))² on token-averaged log-ratios (β plays τ)",
     source="Azar et al. 2023 (arXiv 2310.12036) Eq. 17; TRL 1.16 DPOTrainer loss_type='ipo'",
 ))
 register(Objective(
-    name="hinge", fn=hinge, inputs=PAIR_WITH_REFERENCE, defaults={"beta": 0.1},
+    name="hinge", fn=hinge,
     description="SLiC hinge: max(0, 1 − β Δ) on summed log-ratios",
     source="Zhao et al. 2023 (arXiv 2305.10425); TRL 1.16 DPOTrainer loss_type='hinge'",
 ))
 register(Objective(
-    name="simpo", fn=simpo, inputs=PAIR, logps="mean",
-    defaults={"beta": 2.5, "gamma": 1.375, "label_smoothing": 0.0},
+    name="simpo", fn=simpo, logps="mean",
     description="SimPO: −log σ(β (a_w − a_l) − γ), reference-free, token-averaged log-probs",
     source="Meng et al. 2024 (arXiv 2405.14734); TRL 1.16 experimental CPOTrainer loss_type='simpo'",
 ))
 register(Objective(
-    name="orpo", fn=orpo, inputs=PAIR, logps="mean", defaults={"lam": 0.1},
+    name="orpo", fn=orpo, logps="mean",
     description="ORPO: chosen per-token NLL − λ log σ(log odds ratio), reference-free",
     source="Hong et al. 2024 (arXiv 2403.07691); TRL 1.16 experimental ORPOTrainer.odds_ratio_loss",
 ))
 register(Objective(
-    name="rpo", fn=rpo, inputs=PAIR_WITH_REFERENCE + ("chosen_lengths",),
-    defaults={"beta": 0.01, "eta": 0.005, "label_smoothing": 0.0, "sft_reduction": "sum_times_beta"},
+    name="rpo", fn=rpo,
     description="RPO: DPO − η β log π(y_w) (or DPO + η · token-mean NLL of y_w)",
     source="Liu et al. 2024 (arXiv 2405.16436); YSLIU627/Regularized-Preference-Optimization rpo_trainer.py",
 ))
 register(Objective(
-    name="asft", fn=asft, inputs=PAIR, logps="mean", defaults={"lam": 1.0, "beta": 1.0},
+    name="asft", fn=asft, logps="mean",
     description="ASFT: chosen per-token NLL + λ · pointwise log-odds BCE, reference-free",
     source="Wang et al. 2024 (arXiv 2409.10571) as restated by Gorbatovski et al. 2025 (arXiv 2502.01237)",
 ))
 register(Objective(
-    name="jpo", fn=jpo, inputs=PAIR_WITH_REFERENCE, data_format="joint",
-    defaults={"beta": 0.1, "label_smoothing": 0.0},
+    name="jpo", fn=jpo, data_format="joint",
     description="JPO: DPO across pairs with different prompts, each side under its own prompt",
     source="Bansal et al. 2024 (arXiv 2404.00530); Hritikbansal/dove dove/custom_dove_trainer.py",
 ))

@@ -22,12 +22,17 @@ scores). The `kl` slot of the unpaired format holds, for example i, the completi
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable, Literal
 
 import torch
 
-ObjectiveFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
+from alignkit.data import DataError
+from alignkit.models.logprobs import SequenceLogps
+
+ObjectiveResult = tuple[torch.Tensor, dict[str, torch.Tensor]]  # per-example losses [B], per-example metrics
+ObjectiveFn = Callable[..., ObjectiveResult]
 
 DataFormat = Literal["preference", "joint", "unpaired", "negative", "list", "ranked", "samples", "sft"]
 
@@ -45,32 +50,52 @@ FORMATS: dict[str, tuple[tuple[str, str], ...]] = {
 FIELDS = ("labels", "scores")
 
 
+def _slot_names(slot: str) -> tuple[str, ...]:
+    """The inputs the trainer can provide for one completion slot."""
+    return f"policy_{slot}_logps", f"ref_{slot}_logps", f"{slot}_lengths", f"{slot}_rewards"
+
+
 def _known_inputs() -> tuple[str, ...]:
     slots = sorted({slot for slots in FORMATS.values() for slot, _ in slots})
-    names = [f"{prefix}_{slot}_logps" for slot in slots for prefix in ("policy", "ref")]
-    return tuple(names + [f"{slot}_lengths" for slot in slots] + [f"{slot}_rewards" for slot in slots] + list(FIELDS))
+    return tuple(name for slot in slots for name in _slot_names(slot)) + FIELDS
 
 
 # Quantities the trainer can provide, keyed by the argument names objectives use.
 KNOWN_INPUTS = _known_inputs()
 
 
+Slots = tuple[tuple[str, int], ...]  # an example's completion slots: (name, completions), in order
+
+
 @dataclass(frozen=True)
 class Objective:
+    """A registered objective. Its inputs and parameters are read off `fn`'s signature: a parameter named
+    like a quantity the trainer provides (`KNOWN_INPUTS`) is an input, `state` receives the `state` object,
+    and every other parameter must have a default and is a parameter (`objective.params.NAME`)."""
+
     name: str
     fn: ObjectiveFn
     description: str  # one line, shown by `alignkit objectives`
     source: str  # paper and/or the code path the formula was checked against
-    inputs: tuple[str, ...]  # argument names from KNOWN_INPUTS; the trainer passes them by name
     data_format: DataFormat = "preference"
     logps: Literal["sum", "mean"] = "sum"  # how the trainer reduces completion token log-probs
-    defaults: dict = field(default_factory=dict)  # keyword parameters and their defaults
     # For objectives that keep state across steps (BCO's running reward mean): a factory whose object is
     # passed as the keyword `state` and saved with checkpoints (it needs state_dict / load_state_dict).
     state: Callable[[], Any] | None = None
     # "lm": the model is a causal LM scored by completion log-probs; "reward": a sequence-classification
     # reward model (a scalar or k-attribute head over the LM), whose rewards feed `{slot}_rewards`.
     head: Literal["lm", "reward"] = "lm"
+
+    @cached_property
+    def inputs(self) -> tuple[str, ...]:
+        """The quantities `fn` takes, in signature order; the trainer passes them by name."""
+        return tuple(name for name in inspect.signature(self.fn).parameters if name in KNOWN_INPUTS)
+
+    @cached_property
+    def defaults(self) -> dict[str, Any]:
+        """`fn`'s parameters (everything but inputs and `state`) and their defaults."""
+        return {name: p.default for name, p in inspect.signature(self.fn).parameters.items()
+                if name not in KNOWN_INPUTS and name != "state" and p.default is not inspect.Parameter.empty}
 
     @property
     def needs_reference(self) -> bool:
@@ -83,26 +108,41 @@ class Objective:
         return tuple(slot for slot, _ in FORMATS[self.data_format]
                      if f"_{slot}_logps" in used or f"{slot}_lengths" in used or f"{slot}_rewards" in used)
 
+    def __call__(self, values: dict[str, torch.Tensor], params: dict[str, Any]) -> ObjectiveResult:
+        """`fn` on the inputs it takes, picked from `values` by name, and `params`."""
+        missing = [name for name in self.inputs if name not in values]
+        if missing:
+            raise DataError(f"objective '{self.name}' needs {missing}, which this data does not provide")
+        return self.fn(**{name: values[name] for name in self.inputs}, **params)
+
 
 _REGISTRY: dict[str, Objective] = {}
 
 
-def register(objective: Objective) -> Objective:
-    unknown = [name for name in objective.inputs if name not in KNOWN_INPUTS]
-    if unknown:
-        raise ValueError(f"objective {objective.name!r} declares unknown inputs {unknown}; known: {KNOWN_INPUTS}")
+def _check_signature(objective: Objective) -> None:
+    """Every parameter of `fn` is an input of the objective's format, `state` (with a state factory), or has a
+    default; so an objective's inputs and parameters can always be derived from its signature."""
     format_slots = {slot for slot, _ in FORMATS[objective.data_format]}
-    foreign = [name for name in objective.inputs if name not in FIELDS
-               and not any(f"_{slot}_logps" in f"_{name}" or name in (f"{slot}_lengths", f"{slot}_rewards")
-                           for slot in format_slots)]
-    if foreign:
-        raise ValueError(f"objective {objective.name!r}: inputs {foreign} are not slots of the "
-                         f"{objective.data_format!r} format ({sorted(format_slots)})")
-    parameters = inspect.signature(objective.fn).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    unnamed = [] if takes_any else [name for name in (*objective.inputs, *objective.defaults) if name not in parameters]
-    if unnamed:
-        raise ValueError(f"objective {objective.name!r}: {unnamed} are not parameters of {objective.fn.__name__}")
+    for name, parameter in inspect.signature(objective.fn).parameters.items():
+        if parameter.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            raise ValueError(f"objective {objective.name!r}: {objective.fn.__name__} takes *{name}; name every "
+                             "input and parameter")
+        if name in KNOWN_INPUTS:
+            slot = next((s for s in format_slots if name in _slot_names(s)), None)
+            if slot is None and name not in FIELDS:
+                raise ValueError(f"objective {objective.name!r}: input {name!r} is not a slot of the "
+                                 f"{objective.data_format!r} format ({sorted(format_slots)})")
+        elif name == "state":
+            if objective.state is None:
+                raise ValueError(f"objective {objective.name!r}: {objective.fn.__name__} takes `state` but the "
+                                 "registration gives no state factory")
+        elif parameter.default is inspect.Parameter.empty:
+            raise ValueError(f"objective {objective.name!r}: {name!r} of {objective.fn.__name__} is neither an "
+                             f"input the trainer provides ({', '.join(KNOWN_INPUTS)}) nor a parameter with a default")
+
+
+def register(objective: Objective) -> Objective:
+    _check_signature(objective)
     if objective.name in _REGISTRY:
         raise ValueError(f"objective {objective.name!r} is already registered")
     _REGISTRY[objective.name] = objective
@@ -118,3 +158,37 @@ def get(name: str) -> Objective:
 
 def available() -> list[Objective]:
     return [_REGISTRY[name] for name in sorted(_REGISTRY)]
+
+
+# ------------------------------------------------------------------ naming what the trainer computes, per slot
+
+def by_slot(data_format: str, slots: Slots, per_completion: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Split values of the K·B completions of a batch (row k·B + b: completion k of example b, as both batch
+    layouts order them) into slots: [B, ...] for a "one" slot, [B, M, ...] for a list slot of M."""
+    kinds = dict(FORMATS[data_format])
+    chunks = per_completion.chunk(sum(size for _, size in slots))
+    values, k = {}, 0
+    for slot, size in slots:
+        part, k = chunks[k:k + size], k + size
+        values[slot] = part[0] if kinds[slot] == "one" else torch.stack(part, 1)
+    return values
+
+
+def logp_inputs(model: Literal["policy", "ref"], objective: Objective, slots: Slots, sums: torch.Tensor,
+                counts: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`{model}_{slot}_logps` (summed or token-averaged as `objective.logps` says) and, for the policy,
+    `{slot}_lengths`, from the summed log-probs and token counts of the K·B completions of a batch."""
+    sums, counts = by_slot(objective.data_format, slots, sums), by_slot(objective.data_format, slots, counts)
+    values = {}
+    for slot in sums:
+        scores = SequenceLogps(sums[slot], counts[slot])
+        values[f"{model}_{slot}_logps"] = scores.sum if objective.logps == "sum" else scores.mean
+        if model == "policy":
+            values[f"{slot}_lengths"] = scores.count
+    return values
+
+
+def reward_inputs(objective: Objective, slots: Slots, rewards: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`{slot}_rewards` from a reward head's [K·B, k] output: [B] for a one-output head, [B, k] for k outputs."""
+    return {f"{slot}_rewards": value.squeeze(-1) if value.size(-1) == 1 else value
+            for slot, value in by_slot(objective.data_format, slots, rewards).items()}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from alignkit.objectives.dpo import preference_metrics
+from alignkit.objectives.dpo import logistic_loss, preference_metrics
 from alignkit.objectives.registry import Objective, register
 
 
@@ -50,24 +50,20 @@ def arm(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor, 
     π_decode ∝ π_base · π_r^α.
     """
     chosen, rejected = beta * policy_chosen_logps, beta * policy_rejected_logps
-    logits = chosen - rejected - gamma
-    losses = -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
-    return losses, preference_metrics(chosen, rejected)
+    return logistic_loss(chosen - rejected - gamma, label_smoothing), preference_metrics(chosen, rejected)
 
 
 register(Objective(
     name="rm_pairwise", fn=rm_pairwise,
     description="reward model: Bradley–Terry −log σ(r_w − r_l − m) on a scalar head",
     source="Ouyang et al. 2022 (arXiv 2203.02155) Eq. 1; margin: Touvron et al. 2023 (arXiv 2307.09288) §3.2.2",
-    inputs=("chosen_rewards", "rejected_rewards"), defaults={"margin": 0.0}, head="reward"))
+    head="reward"))
 register(Objective(
     name="rm_multi", fn=rm_multi,
     description="multi-attribute reward model: MSE of a k-output head against per-attribute scores (DPA)",
     source="Wang et al. 2024 (arXiv 2402.18571) stage 1",
-    inputs=("completion_rewards", "scores"), data_format="sft", head="reward"))
+    data_format="sft", head="reward"))
 register(Objective(
     name="arm", fn=arm,
     description="GenARM autoregressive reward model: −log σ(β_r(Σ log π_r(y_w) − Σ log π_r(y_l)) − γ)",
-    source="Xu et al. 2024 (arXiv 2410.08193); Yuancheng-Xu/GenARM training_trl/arm_trainer.py arm_loss",
-    inputs=("policy_chosen_logps", "policy_rejected_logps"), defaults={"beta": 0.1, "gamma": 0.0,
-                                                                      "label_smoothing": 0.0}))
+    source="Xu et al. 2024 (arXiv 2410.08193); Yuancheng-Xu/GenARM training_trl/arm_trainer.py arm_loss"))

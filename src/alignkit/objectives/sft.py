@@ -58,8 +58,6 @@ register(
         fn=sft,
         description="Supervised fine-tuning: token-mean NLL of the completion (or summed / batch-pooled)",
         source="maximum likelihood; pooled form = TRL 1.16 SFTTrainer and DPOTrainer loss_type='sft'",
-        inputs=("policy_completion_logps", "completion_lengths"),
         data_format="sft",
-        defaults={"reduction": "token_mean"},
     )
 )

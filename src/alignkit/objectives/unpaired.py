@@ -75,9 +75,7 @@ register(
         fn=kto,
         description="Kahneman-Tversky Optimization: λ(1 − σ(±β(r − z0))) against a mismatched-pair KL point z0",
         source="Ethayarajh et al. 2024 (arXiv 2402.01306) Eq. 7; TRL 1.16 trl/trainer/kto_trainer.py",
-        inputs=("policy_completion_logps", "ref_completion_logps", "policy_kl_logps", "ref_kl_logps", "labels"),
         data_format="unpaired",
-        defaults={"beta": 0.1, "desirable_weight": 1.0, "undesirable_weight": 1.0},
     )
 )
 
@@ -187,9 +185,7 @@ register(
         fn=bco,
         description="Binary Classifier Optimization: BCE on β·log-ratio shifted by a running reward mean δ",
         source=_BCO_SOURCE,
-        inputs=("policy_completion_logps", "ref_completion_logps", "labels"),
         data_format="unpaired",
-        defaults={"beta": 0.1, "update": True},
         state=RunningMean,
     )
 )
@@ -199,9 +195,7 @@ register(
         fn=bco_udm,
         description="BCO with UDM: undesirable losses weighted by a precomputed prompt density ratio (scores)",
         source=_BCO_SOURCE,
-        inputs=("policy_completion_logps", "ref_completion_logps", "labels", "scores"),
         data_format="unpaired",
-        defaults={"beta": 0.1, "min_density_ratio": 0.5, "max_density_ratio": 10.0, "update": True},
         state=RunningMean,
     )
 )
@@ -281,9 +275,7 @@ register(
         fn=npo,
         description="Negative Preference Optimization: (2/β)·softplus(β·log-ratio) on forget-set completions",
         source=_NPO_SOURCE,
-        inputs=("policy_completion_logps", "ref_completion_logps"),
         data_format="negative",
-        defaults={"beta": 0.1},
     )
 )
 register(
@@ -292,9 +284,7 @@ register(
         fn=npo_rt,
         description="NPO on label-0 (forget) rows + token-mean NLL on label-1 (retain) rows",
         source=_NPO_SOURCE,
-        inputs=("policy_completion_logps", "ref_completion_logps", "completion_lengths", "labels"),
         data_format="unpaired",
-        defaults={"beta": 0.1, "npo_weight": 1.0, "retain_weight": 1.0},
     )
 )
 register(
@@ -303,8 +293,6 @@ register(
         fn=gradient_ascent,
         description="Gradient ascent on forget-set completions (minimises the token-mean log-prob)",
         source="NPO baseline; licong-lin/negative-preference-optimization TOFU/dataloader.py grad_ascent",
-        inputs=("policy_completion_logps", "completion_lengths"),
         data_format="negative",
-        defaults={"normalize": True},
     )
 )

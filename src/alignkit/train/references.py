@@ -1,20 +1,22 @@
-"""Reference log-probs for a training run: precomputed once and cached on disk, or scored every step."""
+"""Reference log-probs for a training run: precomputed once and cached on disk (then carried by the batches,
+`FixedDataset`), or scored every step. Either way the trainer reads them from one callable,
+`batch -> (sums, counts)` over the batch's K·B completions."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import logging
-from typing import Callable, ContextManager, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from alignkit.data import template_fingerprint
-from alignkit.data.collation import Grouped
+from alignkit.data.tokenization import TokenizedExample
 from alignkit.models import load, resolve
 from alignkit.models.loading import cache_root
-from alignkit.models.logprobs import CompletionScorer, grouped_logps
+from alignkit.models.logprobs import SCORER_INPUTS, CompletionScorer, grouped_logps
 from alignkit.models.reference import (
     ReferenceLogpsCache,
     files_fingerprint,
@@ -25,14 +27,26 @@ from alignkit.models.reference import (
 from alignkit.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
-Collate = Callable[[Sequence[Grouped]], dict[str, torch.Tensor]]
+Batch = dict[str, torch.Tensor]
+Collate = Callable[[Sequence[TokenizedExample]], Batch]
+ReferenceScores = Callable[[Batch], tuple[torch.Tensor, torch.Tensor]]  # batch -> (sums, counts) [K·B]
 
 
-def completions_per_example(examples: Sequence[Grouped]) -> int:
+def completions_per_example(examples: Sequence[TokenizedExample]) -> int:
     return sum(len(completions) for _, completions in examples[0].groups)
 
 
-def data_fingerprint(examples: Sequence[Grouped]) -> str:
+def scorer_inputs(batch: Batch) -> Batch:
+    """The tensors of a batch that a scorer's forward takes (either layout)."""
+    return {key: batch[key] for key in SCORER_INPUTS if key in batch}
+
+
+def precomputed_reference(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference log-probs a `FixedDataset` batch carries ([B, K]), in the K·B completion order."""
+    return batch["reference_sums"].T.reshape(-1), batch["reference_counts"].T.reshape(-1)
+
+
+def data_fingerprint(examples: Sequence[TokenizedExample]) -> str:
     digest = hashlib.sha256()
     for example in examples:
         for prompt, completions in example.groups:
@@ -50,23 +64,25 @@ def external_reference(config: TrainConfig, device: torch.device) -> nn.Module |
     return frozen_copy(load(config.reference.model).model.to(device))
 
 
-def online_reference(config: TrainConfig, policy: nn.Module, device: torch.device) -> Callable[[], ContextManager]:
-    """For scoring the reference every step: a context factory yielding a model that stays fixed in training.
+def online_reference(config: TrainConfig, policy: nn.Module, device: torch.device) -> ReferenceScores:
+    """The reference scored every step by a model that stays fixed in training.
 
     LoRA policies use themselves with adapters disabled (no second copy); full fine-tuning keeps a frozen
     copy of the initial weights.
     """
-    external = external_reference(config, device)
-    if external is not None:
-        return lambda: contextlib.nullcontext(external)
-    if hasattr(policy, "disable_adapter"):
-        return lambda: policy_as_reference(policy)
-    copy = frozen_copy(policy)
-    return lambda: contextlib.nullcontext(copy)
+    fixed = external_reference(config, device)
+    if fixed is None and not hasattr(policy, "disable_adapter"):
+        fixed = frozen_copy(policy)
+
+    def scores(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        context = contextlib.nullcontext(fixed) if fixed is not None else policy_as_reference(policy)
+        with context as model, torch.no_grad():
+            return CompletionScorer(model, config.lm_head_chunk)(**scorer_inputs(batch))
+    return scores
 
 
 @torch.no_grad()
-def score_examples(model: nn.Module, examples: Sequence[Grouped], collate: Collate, batch_size: int,
+def score_examples(model: nn.Module, examples: Sequence[TokenizedExample], collate: Collate, batch_size: int,
                    device: torch.device, head_chunk: int | None = None) -> dict[str, torch.Tensor]:
     """Summed completion log-probs (`sums`) and token counts (`counts`), [N, K] in dataset order, for
     the K completions of each example."""
@@ -81,9 +97,9 @@ def score_examples(model: nn.Module, examples: Sequence[Grouped], collate: Colla
     return {"sums": torch.cat(sums), "counts": torch.cat(counts)}
 
 
-def precompute_reference(config: TrainConfig, policy: nn.Module, tokenizer, pairs: Sequence[Grouped],
+def precompute_reference(config: TrainConfig, policy: nn.Module, tokenizer, examples: Sequence[TokenizedExample],
                          policy_fingerprint: str, collate: Collate, device: torch.device) -> dict[str, torch.Tensor]:
-    """Reference log-probs of every pair, read from the on-disk cache when the fingerprint matches.
+    """Reference log-probs of every example, read from the on-disk cache when the fingerprint matches.
 
     A separate reference model (`reference.model`) is fingerprinted from its files and only loaded when
     the cache misses. Must run before the first optimizer step when the reference is the policy itself.
@@ -91,7 +107,7 @@ def precompute_reference(config: TrainConfig, policy: nn.Module, tokenizer, pair
     external = config.reference.model
     fingerprint = reference_fingerprint(
         weights=files_fingerprint(resolve(external)) if external is not None else policy_fingerprint,
-        data=data_fingerprint(pairs),
+        data=data_fingerprint(examples),
         template=template_fingerprint(tokenizer),
         settings={"max_length": config.data.max_length, "max_prompt_length": config.data.max_prompt_length,
                   "overlong": config.data.overlong, "mixed_precision": config.mixed_precision},
@@ -100,10 +116,10 @@ def precompute_reference(config: TrainConfig, policy: nn.Module, tokenizer, pair
     if config.reference.cache and (cached := cache.load(fingerprint)) is not None:
         log.info("reference log-probs: reused %s (reference model not loaded)", cache.path(fingerprint))
         return cached
-    log.info("reference log-probs: computing for %d examples", len(pairs))
+    log.info("reference log-probs: computing for %d examples", len(examples))
     model = external_reference(config, device)
     with contextlib.nullcontext(model) if model is not None else policy_as_reference(policy) as reference:
-        scores = score_examples(reference, pairs, collate, config.batch_size, device, config.lm_head_chunk)
+        scores = score_examples(reference, examples, collate, config.batch_size, device, config.lm_head_chunk)
     if config.reference.cache:
         log.info("reference log-probs: cached at %s", cache.save(fingerprint, scores))
     return scores

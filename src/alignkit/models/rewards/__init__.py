@@ -1,8 +1,8 @@
 """Rewards and verifiers behind one interface: `Reward.score(prompts, completions) -> Tensor[B] | Tensor[B, k]`."""
 
 from alignkit.models.rewards.base import CachedReward, Content, Direction, Reward, TextReward, WeightedSum
-from alignkit.models.rewards.calibration import (CalibratedReward, EmpiricalCDF, best_of_n, exponential,
-                                                 signed_exponential, worst_of_n)
+from alignkit.models.rewards.calibration import (CalibratedReward, EmpiricalCDF, best_of_n_transform, exponential,
+                                                 fit_reference_cdf, signed_exponential, worst_of_n_transform)
 from alignkit.models.rewards.classifier import SequenceClassifierReward
 from alignkit.models.rewards.judge import (DEFAULT_PAIRWISE_TEMPLATE, DEFAULT_POINTWISE_TEMPLATE, LLMJudge,
                                            PairwiseJudge)
@@ -13,6 +13,6 @@ __all__ = [
     "CachedReward", "CalibratedReward", "Content", "DEFAULT_PAIRWISE_TEMPLATE", "DEFAULT_POINTWISE_TEMPLATE",
     "Direction", "EmpiricalCDF", "ExactMatch", "ForbiddenWords", "InstructionChecks", "JsonSchema", "JsonValid",
     "LLMJudge", "MaxChars", "MaxWords", "MinWords", "PairwiseJudge", "Refusal", "RegexMatch", "RequiredWords",
-    "Reward", "SequenceClassifierReward", "TextReward", "WeightedSum", "best_of_n", "exponential",
-    "signed_exponential", "worst_of_n",
+    "Reward", "SequenceClassifierReward", "TextReward", "WeightedSum", "best_of_n_transform", "exponential",
+    "fit_reference_cdf", "signed_exponential", "worst_of_n_transform",
 ]

@@ -2,58 +2,29 @@
 
 A reward maps a batch of (prompt, completion) pairs to a float tensor: shape [B] for a scalar reward,
 [B, k] for a reward with k named attributes (`attributes`, length k). Prompts and completions are plain
-strings or TRL-style message lists (`[{"role": ..., "content": ...}, ...]`); `text_of` and `prompt_text`
-turn either into text.
+strings or TRL-style message lists (`[{"role": ..., "content": ...}, ...]`); `alignkit.data.prompts`
+(`text_of`, `prompt_text`) turns either into text.
 
 Combinators:
 
 * `CachedReward(reward)` memoises scores per (prompt, completion) and scores only the misses, in one batch.
 * `WeightedSum(rewards, weights)`: r = Σ_i w_i · r_i for scalar rewards.
 * `Direction(reward, v)`: r = vᵀ r̃(x, y) with v / ‖v‖₂ a unit vector in the space of a multi-attribute
-  reward r̃ — the scalarisation of Directional Preference Alignment (Wang et al., ACL'24, arXiv 2402.18571;
-  see papers/objectives.md §13).
+  reward r̃ — the scalarisation of Directional Preference Alignment (Wang et al., ACL'24, arXiv 2402.18571).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from typing import Union
 
 import torch
 
-Content = Union[str, list]
-
-
-def text_of(completion: Content) -> str:
-    """The text of a completion: the string itself, or the joined contents of its assistant messages."""
-    if isinstance(completion, str):
-        return completion
-    parts = [_content_text(m.get("content", "")) for m in completion if m.get("role", "assistant") == "assistant"]
-    return "\n".join(parts)
-
-
-def prompt_text(prompt: Content) -> str:
-    """The text of a prompt: the string itself, or the content of its last user message (all text if none)."""
-    if isinstance(prompt, str):
-        return prompt
-    users = [_content_text(m.get("content", "")) for m in prompt if m.get("role") == "user"]
-    return users[-1] if users else "\n".join(_content_text(m.get("content", "")) for m in prompt)
-
-
-def _content_text(content) -> str:
-    """Message content as text (multimodal content lists keep their text parts)."""
-    if isinstance(content, str):
-        return content
-    return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+from alignkit.data.prompts import Content, content_key, text_of
 
 
 def cache_key(prompt: Content, completion: Content) -> tuple[str, str]:
-    """A hashable key: strings as they are, message lists as canonical JSON."""
-    def one(value: Content) -> str:
-        return value if isinstance(value, str) else json.dumps(value, sort_keys=True, ensure_ascii=False)
-    return ("s:" if isinstance(prompt, str) else "j:") + one(prompt), \
-        ("s:" if isinstance(completion, str) else "j:") + one(completion)
+    """A hashable key of a (prompt, completion) pair (`content_key` of each)."""
+    return content_key(prompt), content_key(completion)
 
 
 class Reward:
@@ -68,11 +39,12 @@ class Reward:
         raise NotImplementedError
 
     def __call__(self, prompts: Sequence[Content], completions: Sequence[Content]) -> torch.Tensor:
-        _check_lengths(prompts, completions)
+        check_lengths(prompts, completions)
         return self.score(prompts, completions)
 
 
-def _check_lengths(prompts: Sequence, completions: Sequence) -> None:
+def check_lengths(prompts: Sequence, completions: Sequence) -> None:
+    """One completion per prompt, or a ValueError."""
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
 
@@ -84,7 +56,7 @@ class TextReward(Reward):
         raise NotImplementedError
 
     def score(self, prompts: Sequence[Content], completions: Sequence[Content]) -> torch.Tensor:
-        _check_lengths(prompts, completions)
+        check_lengths(prompts, completions)
         return torch.tensor([float(self.check(text_of(c))) for c in completions], dtype=torch.float32)
 
 
@@ -103,7 +75,7 @@ class CachedReward(Reward):
         self.cache.clear()
 
     def score(self, prompts: Sequence[Content], completions: Sequence[Content]) -> torch.Tensor:
-        _check_lengths(prompts, completions)
+        check_lengths(prompts, completions)
         keys = [cache_key(p, c) for p, c in zip(prompts, completions)]
         missing: dict[tuple[str, str], int] = {}
         for i, key in enumerate(keys):
@@ -138,7 +110,7 @@ class WeightedSum(Reward):
 
 
 class Direction(Reward):
-    """DPA scalarisation (objectives.md §13): r(x, y) = vᵀ r̃(x, y), with v normalised to ‖v‖₂ = 1.
+    """DPA scalarisation (Wang et al., arXiv 2402.18571): r(x, y) = vᵀ r̃(x, y), with v normalised to ‖v‖₂ = 1.
 
     `v` is a sequence aligned with `reward.attributes`, or a mapping from attribute name to weight (attributes
     left out weigh 0). Unknown names, a length mismatch or a zero vector raise `ValueError`. E.g. DPA's

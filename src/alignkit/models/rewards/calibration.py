@@ -1,27 +1,25 @@
-"""InfAlign reward calibration (Balashankar et al., ICML'25, arXiv 2412.19792; papers/objectives.md §17 and
-papers/decoding.md §6).
+"""InfAlign reward calibration (Balashankar et al., ICML'25, arXiv 2412.19792).
 
 Calibration replaces a raw reward by its quantile under the reference policy for the same prompt:
 
     C(x, y) = P_{z∼π_ref(·|x)}[ r(x, z) < r(x, y) ] + ½ · P[ r(x, z) = r(x, y) ]          (tie rule "mid")
     C(x, y) = P_{z∼π_ref(·|x)}[ r(x, z) ≤ r(x, y) ]                                       (tie rule "right")
 
-estimated from m reference samples per prompt. objectives.md §17 writes the "mid" form, decoding.md §6 the
-"right" form; which one the paper uses is UNVERIFIED, hence the `tie` parameter ("mid" by default). With
-tie-free continuous rewards C(x, y) ∼ U[0, 1] under π_ref; on the m reference samples themselves the "mid" rule
+estimated from m reference samples per prompt. Both are readings of "empirical CDF under π_ref"; UNVERIFIED:
+the paper's exact tie rule was not checked, hence the `tie` parameter ("mid" by default). With tie-free
+continuous rewards C(x, y) ∼ U[0, 1] under π_ref; on the m reference samples themselves the "mid" rule
 gives exactly (2i − 1)/(2m), i = 1..m, mean ½.
 
 CTRL then trains with a transformed calibrated reward Φ(C). Transforms offered (all UNVERIFIED as the paper's
 exact choices, so they are parameters):
 
-* `exponential(u, t) = exp(t·u)`: with t > 0 the notes' best-of-N transform. Caution: with t < 0 it is
-  *decreasing* in u (it would reward worse responses). The notes' worst-of-N transform is −exp(−t·u), t > 0
-  (objectives.md §17), i.e. "t < 0 in exp(t·u) form" with the sign flipped (decoding.md §6): that is
-  `signed_exponential(u, t) = sign(t)·exp(t·u)`, increasing in u for either sign. The t per N is UNVERIFIED
-  (a required argument).
-* `best_of_n(u, n) = uⁿ`: the CDF of the best of n reference samples at quantile u (the win probability of y
+* `exponential(u, t) = exp(t·u)`: with t > 0 the best-of-N transform assumed here. Caution: with t < 0 it is
+  *decreasing* in u (it would reward worse responses). The worst-of-N transform assumed here is −exp(−t·u),
+  t > 0, i.e. exp(t·u) with t < 0 and the sign flipped: that is `signed_exponential(u, t) = sign(t)·exp(t·u)`,
+  increasing in u for either sign. The t per N is UNVERIFIED (a required argument).
+* `best_of_n_transform(u, n) = uⁿ`: the CDF of the best of n reference samples at quantile u (the win probability of y
   against the best of n reference draws) — the exact-probability counterpart for BoN.
-* `worst_of_n(u, n) = 1 − (1 − u)ⁿ`: the CDF of the worst of n reference samples (win probability against the
+* `worst_of_n_transform(u, n) = 1 − (1 − u)ⁿ`: the CDF of the worst of n reference samples (win probability against the
   worst of n), the counterpart for WoN.
 """
 
@@ -33,20 +31,24 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from alignkit.models.rewards.base import Content, Reward, cache_key
+from alignkit.data.prompts import Content, as_completion, content_key
+from alignkit.models.rewards.base import Reward
 
 TIE_RULES = ("mid", "right")
 UNSEEN_RULES = ("error", "constant", "pooled")
 
 
-def best_of_n(u: torch.Tensor, n: int) -> torch.Tensor:
+def best_of_n_transform(u: torch.Tensor, n: int) -> torch.Tensor:
     """Φ(u) = uⁿ (best-of-n; see the module docstring)."""
     return torch.as_tensor(u, dtype=torch.float32) ** n
 
 
-def worst_of_n(u: torch.Tensor, n: int) -> torch.Tensor:
+def worst_of_n_transform(u: torch.Tensor, n: int) -> torch.Tensor:
     """Φ(u) = 1 − (1 − u)ⁿ (worst-of-n; see the module docstring)."""
     return 1 - (1 - torch.as_tensor(u, dtype=torch.float32)) ** n
+
+
+N_TRANSFORMS = {"best_of_n": best_of_n_transform, "worst_of_n": worst_of_n_transform}
 
 
 def exponential(u: torch.Tensor, t: float) -> torch.Tensor:
@@ -59,10 +61,6 @@ def signed_exponential(u: torch.Tensor, t: float) -> torch.Tensor:
     if t == 0:
         raise ValueError("t must be non-zero")
     return math.copysign(1.0, t) * exponential(u, t)
-
-
-def _key(prompt: Content) -> str:
-    return cache_key(prompt, "")[0]
 
 
 class EmpiricalCDF:
@@ -90,7 +88,7 @@ class EmpiricalCDF:
             values = sorted(float(s) for s in scores)
             if not values or not all(math.isfinite(v) for v in values):
                 raise ValueError(f"prompt {str(prompt)[:60]!r}: need at least one finite reference score")
-            self.sorted[_key(prompt)] = values
+            self.sorted[content_key(prompt)] = values
         self.pooled = sorted(v for values in self.sorted.values() for v in values)
         return self
 
@@ -110,7 +108,7 @@ class EmpiricalCDF:
         return torch.tensor([self._one(p, s) for p, s in zip(prompts, values)], dtype=torch.float32)
 
     def _one(self, prompt: Content, score: float) -> float:
-        reference = self.sorted.get(_key(prompt))
+        reference = self.sorted.get(content_key(prompt))
         if reference is None:
             if self.unseen == "constant":
                 return self.fill
@@ -133,3 +131,18 @@ class CalibratedReward(Reward):
     def score(self, prompts: Sequence[Content], completions: Sequence[Content]) -> torch.Tensor:
         u = self.cdf.calibrate(prompts, self.reward.score(prompts, completions))
         return u if self.transform is None else self.transform(u)
+
+
+def fit_reference_cdf(reward: Reward, references: Sequence[tuple[Content, Sequence[Content]]],
+                      cdf: EmpiricalCDF | None = None) -> EmpiricalCDF:
+    """`cdf` (default `EmpiricalCDF()`) fitted on the rewards of each prompt's reference-policy completions,
+    given as (prompt, completions) pairs; all completions are scored in one `reward` call. A string completion
+    of a message-list prompt is taken as one assistant message."""
+    prompts = [prompt for prompt, completions in references for _ in completions]
+    completions = [as_completion(prompt, c) if isinstance(c, str) else c for prompt, cs in references for c in cs]
+    scores = reward(prompts, completions).float().tolist() if completions else []
+    fitted, start = [], 0
+    for prompt, completions_of_prompt in references:
+        fitted.append((prompt, scores[start:start + len(completions_of_prompt)]))
+        start += len(completions_of_prompt)
+    return (cdf or EmpiricalCDF()).fit(fitted)

@@ -1,9 +1,12 @@
 """Reward models stored as Hugging Face sequence classifiers (`AutoModelForSequenceClassification`).
 
 num_labels = 1 gives a scalar reward [B] (the usual Bradley–Terry reward model); num_labels = k gives [B, k]
-with `attributes` taken from `config.id2label` (a multi-objective reward such as DPA's, objectives.md §13).
-Message-list prompts and completions are rendered together with the tokenizer's chat template; strings are
-joined as prompt + completion. Batched, right- or left-padded as the tokenizer says, under `torch.no_grad()`.
+with `attributes` taken from `config.id2label` (a multi-objective reward such as DPA's, arXiv 2402.18571).
+
+Rows are tokenized exactly as the trainer tokenizes them (`alignkit.data.tokenize_examples`: message lists
+through the chat template, string completions followed by EOS) and the reward is read where training reads
+it, at each completion's last token (`RewardScorer`), so a reward model scores at inference what it was
+trained on. Batched, right-padded, under `torch.no_grad()`.
 """
 
 from __future__ import annotations
@@ -12,11 +15,18 @@ from collections.abc import Sequence
 
 import torch
 
-from alignkit.models.rewards.base import Content, Reward, _check_lengths
+from alignkit.data import Example, TruncationConfig, collate_rows, tokenize_examples
+from alignkit.data.prompts import Content
+from alignkit.models.reward_head import RewardScorer
+from alignkit.models.rewards.base import Reward, check_lengths
 
 
 class SequenceClassifierReward(Reward):
-    """Scores from a sequence-classification model folder (or an already loaded `model` and `tokenizer`)."""
+    """Scores from a sequence-classification model folder (or an already loaded `model` and `tokenizer`).
+
+    `max_length` truncates over-long rows as training does: the prompt keeps its last tokens, then the
+    completion is cut.
+    """
 
     def __init__(self, model_name_or_path: str | None = None, model=None, tokenizer=None, batch_size: int = 8,
                  max_length: int | None = None, device: str | None = None):
@@ -34,25 +44,23 @@ class SequenceClassifierReward(Reward):
         labels = int(self.model.config.num_labels)
         id2label = self.model.config.id2label or {}
         self.attributes = () if labels == 1 else tuple(str(id2label.get(i, f"LABEL_{i}")) for i in range(labels))
-        self.batch_size, self.max_length = batch_size, max_length
-
-    def render(self, prompt: Content, completion: Content) -> str:
-        if isinstance(prompt, list) and isinstance(completion, list) and getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(prompt + completion, tokenize=False)
-        if isinstance(prompt, str) and isinstance(completion, str):
-            return prompt + completion
-        raise ValueError("prompt and completion must both be strings, or both message lists (with a chat template)")
+        self.truncation = TruncationConfig.at_most(max_length)
+        self.batch_size = batch_size
 
     @torch.no_grad()
     def score(self, prompts: Sequence[Content], completions: Sequence[Content]) -> torch.Tensor:
-        _check_lengths(prompts, completions)
-        texts = [self.render(p, c) for p, c in zip(prompts, completions)]
+        check_lengths(prompts, completions)
+        for prompt, completion in zip(prompts, completions):
+            if isinstance(prompt, str) != isinstance(completion, str):
+                raise ValueError("prompt and completion must both be strings, or both message lists")
+        examples = [Example.single(p, c, f"row {i}") for i, (p, c) in enumerate(zip(prompts, completions), 1)]
+        tokenized, _ = tokenize_examples(examples, self.tokenizer, self.truncation)
         device = next(self.model.parameters()).device
+        scorer = RewardScorer(self.model)
         chunks = []
-        for i in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(texts[i:i + self.batch_size], return_tensors="pt", padding=True,
-                                 truncation=self.max_length is not None, max_length=self.max_length,
-                                 add_special_tokens=not isinstance(prompts[0], list))
-            chunks.append(self.model(**enc.to(device)).logits.float().cpu())
+        for start in range(0, len(tokenized), self.batch_size):
+            batch = collate_rows(tokenized[start:start + self.batch_size], self.tokenizer.pad_token_id)
+            chunks.append(scorer(batch["input_ids"].to(device), batch["completion_mask"].to(device),
+                                 batch["attention_mask"].to(device)).cpu())
         logits = torch.cat(chunks) if chunks else torch.empty(0, max(1, len(self.attributes)))
         return logits[:, 0] if not self.attributes else logits

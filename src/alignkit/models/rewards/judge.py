@@ -28,8 +28,9 @@ from collections.abc import Sequence
 
 import torch
 
-from alignkit.data.preferences import common_prefix_length
-from alignkit.models.rewards.base import Content, Reward, _check_lengths, text_of
+from alignkit.data.prompts import Content, text_of, transcript
+from alignkit.data.rows import common_prefix_length
+from alignkit.models.rewards.base import Reward, check_lengths
 
 DEFAULT_POINTWISE_TEMPLATE = (
     "Rate the response to the user's request on a scale from {lo} to {hi}, where {lo} is useless or harmful and "
@@ -40,14 +41,6 @@ DEFAULT_PAIRWISE_TEMPLATE = (
     "Which response answers the user's request better? Reply with A or B only.\n\n"
     "[Request]\n{prompt}\n\n[Response A]\n{first}\n\n[Response B]\n{second}"
 )
-
-
-def render_prompt(prompt: Content) -> str:
-    """A prompt as text: a string as is, a message list as "Role: content" lines."""
-    if isinstance(prompt, str):
-        return prompt
-    return "\n".join(f"{m.get('role', 'user').capitalize()}: {text_of([{**m, 'role': 'assistant'}])}"
-                     for m in prompt)
 
 
 class _NextTokenJudge:
@@ -165,13 +158,13 @@ class LLMJudge(Reward):
         self.judge = _NextTokenJudge(model, tokenizer, answer_prefix, separator, chat, batch_size)
 
     def prompt_for(self, prompt: Content, completion: Content) -> str:
-        filled = self.template.format(prompt=render_prompt(prompt), completion=text_of(completion),
+        filled = self.template.format(prompt=transcript(prompt), completion=text_of(completion),
                                       lo=int(self.values[0]), hi=int(self.values[-1]))
         return self.judge.judge_text(filled)
 
     def distribution(self, prompts: Sequence[Content], completions: Sequence[Content]) -> torch.Tensor:
         """[B, K]: the judge's renormalised probabilities of the scores lo..hi."""
-        _check_lengths(prompts, completions)
+        check_lengths(prompts, completions)
         texts = [self.prompt_for(p, c) for p, c in zip(prompts, completions)]
         return self.judge.option_probs(texts, [str(int(v)) for v in self.values])
 
@@ -192,7 +185,7 @@ class PairwiseJudge:
         self.judge = _NextTokenJudge(model, tokenizer, answer_prefix, separator, chat, batch_size)
 
     def _text(self, prompt: Content, first: Content, second: Content) -> str:
-        filled = self.template.format(prompt=render_prompt(prompt), first=text_of(first), second=text_of(second))
+        filled = self.template.format(prompt=transcript(prompt), first=text_of(first), second=text_of(second))
         return self.judge.judge_text(filled)
 
     def one_order(self, prompts: Sequence[Content], firsts: Sequence[Content], seconds: Sequence[Content]) -> torch.Tensor:

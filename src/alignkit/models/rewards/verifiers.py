@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from alignkit.models.rewards.base import (Content, Reward, TextReward, _check_lengths, cache_key, prompt_text,
-                                          text_of)
-from alignkit.models.verifiers import check, refusal, words
+from alignkit.data.prompts import Content, content_key, prompt_text, text_of
+from alignkit.models.rewards.base import Reward, TextReward, check_lengths
+from alignkit.models.verifiers import check, max_words, refusal, word_pattern, words
 
 
 class MaxWords(TextReward):
@@ -28,7 +28,7 @@ class MaxWords(TextReward):
         self.n = int(n)
 
     def check(self, text: str) -> float:
-        return float(0 < len(words(text)) <= self.n)
+        return float(max_words(text, self.n))
 
 
 class MinWords(TextReward):
@@ -51,17 +51,11 @@ class MaxChars(TextReward):
         return float(bool(text.strip()) and len(text) <= self.n)
 
 
-def _word_pattern(word: str, case_sensitive: bool) -> re.Pattern:
-    """`word` (or a phrase) as whole words: not preceded or followed by a word character."""
-    flags = re.UNICODE | (0 if case_sensitive else re.IGNORECASE)
-    return re.compile(r"(?<!\w)" + re.escape(word) + r"(?!\w)", flags)
-
-
 class RequiredWords(TextReward):
     """1.0 iff every one of `words` occurs as a whole word ("cat" does not match "category")."""
 
     def __init__(self, words: Iterable[str], case_sensitive: bool = False):
-        self.patterns = [_word_pattern(w, case_sensitive) for w in words]
+        self.patterns = [word_pattern(w, case_sensitive) for w in words]
 
     def check(self, text: str) -> float:
         return float(all(p.search(text) for p in self.patterns))
@@ -71,7 +65,7 @@ class ForbiddenWords(TextReward):
     """1.0 iff none of `words` occurs as a whole word."""
 
     def __init__(self, words: Iterable[str], case_sensitive: bool = False):
-        self.patterns = [_word_pattern(w, case_sensitive) for w in words]
+        self.patterns = [word_pattern(w, case_sensitive) for w in words]
 
     def check(self, text: str) -> float:
         return float(not any(p.search(text) for p in self.patterns))
@@ -257,7 +251,7 @@ class ExactMatch(Reward):
         return any(self._norm(c) in golds for c in candidates)
 
     def score(self, prompts: Sequence[Content], completions: Sequence[Content]) -> torch.Tensor:
-        _check_lengths(prompts, completions)
+        check_lengths(prompts, completions)
         return torch.tensor([float(self.matches(p, text_of(c))) for p, c in zip(prompts, completions)])
 
 
@@ -276,13 +270,13 @@ class InstructionChecks(Reward):
     matched exactly (strings, or message lists by value); an unknown prompt raises a KeyError naming it."""
 
     def __init__(self, rows: Iterable[Mapping[str, Any]], field: str = "check"):
-        self.checks = {cache_key(row["prompt"], "")[0]: row[field] for row in rows}
+        self.checks = {content_key(row["prompt"]): row[field] for row in rows}
 
     def score(self, prompts: Sequence[Content], completions: Sequence[Content]) -> torch.Tensor:
-        _check_lengths(prompts, completions)
+        check_lengths(prompts, completions)
         values = []
         for prompt, completion in zip(prompts, completions):
-            key = cache_key(prompt, "")[0]
+            key = content_key(prompt)
             if key not in self.checks:
                 raise KeyError(f"no instruction check for prompt {prompt_text(prompt)[:80]!r}")
             values.append(float(check(self.checks[key], text_of(completion))))

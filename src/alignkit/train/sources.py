@@ -1,0 +1,74 @@
+"""Where the training loop gets its batches: a data source hands it, for every optimizer step, this
+process's micro-batches (collated tensors) and the number of examples the step holds over all processes (the
+loss is averaged over these).
+
+`FixedDataset` is a dataset fixed when the run starts, visited in the seeded order of `BatchPlan`; its batches
+carry the precomputed reference log-probs of their examples (`reference_sums`, `reference_counts`, [B, K]), as
+data. An online sampler (samples of the current policy, scored by a reward) is another implementation of the
+same interface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from alignkit.data.tokenization import TokenizedExample
+from alignkit.objectives.registry import Slots
+from alignkit.train.plan import BatchPlan
+
+Batch = dict[str, torch.Tensor]
+Collate = Callable[[Sequence[TokenizedExample]], Batch]
+
+
+class DataSource(Protocol):
+    """What `Trainer` pulls batches from."""
+
+    @property
+    def slots(self) -> Slots:
+        """The completion slots of every example (e.g. `(("chosen", 1), ("rejected", 1))`)."""
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the run."""
+
+    def micro_batches(self, step: int) -> list[Batch]:
+        """This process's micro-batches of optimizer step `step` (0-based), collated, on the CPU."""
+
+    def examples_in_step(self, step: int) -> int:
+        """Examples in optimizer step `step` over all processes."""
+
+
+@dataclass
+class FixedDataset:
+    """Tokenized examples in `plan`'s order, laid out by `collate`, with their precomputed reference
+    log-probs (`reference`: `sums` and `counts`, [N, K] in example order) when the run has them."""
+
+    examples: Sequence[TokenizedExample]
+    collate: Collate
+    plan: BatchPlan
+    reference: dict[str, torch.Tensor] | None = None
+
+    @property
+    def slots(self) -> Slots:
+        return self.examples[0].slots
+
+    @property
+    def total_steps(self) -> int:
+        return self.plan.total_steps
+
+    def micro_batches(self, step: int) -> list[Batch]:
+        batches = []
+        for indices in self.plan.step_batches(step):
+            batch = self.collate([self.examples[i] for i in indices])
+            if self.reference is not None:
+                batch["reference_sums"] = self.reference["sums"][indices]
+                batch["reference_counts"] = self.reference["counts"][indices]
+            batches.append(batch)
+        return batches
+
+    def examples_in_step(self, step: int) -> int:
+        return self.plan.step_size(step)
