@@ -109,3 +109,35 @@ def test_reward_scorer_layouts_agree(tiny_chat_model_dir, smol_tokenizer):
     assert plain.shape == (6, 2)
     assert torch.allclose(plain, shared, atol=1e-4)
     assert torch.allclose(plain[3], alone, atol=1e-4)  # row B + 0: the first pair's rejected answer
+
+
+@pytest.mark.parametrize("num_labels", [1, 3])
+def test_inference_reward_equals_the_trained_reading(tiny_chat_model_dir, smol_tokenizer, num_labels):
+    """A reward model scores at inference (`SequenceClassifierReward`, what `alignkit score --reward classifier:`
+    and best-of-N use) exactly what training read (`RewardScorer` on the training layout): the head at each
+    completion's last token as training tokenizes it — the EOS appended to string completions included."""
+    from alignkit.data import collate_shared_prefix
+    from alignkit.models.reward_head import load_reward_model
+    from alignkit.models.rewards import SequenceClassifierReward
+
+    torch.manual_seed(0)
+    model = load_reward_model(tiny_chat_model_dir, num_labels=num_labels).model.double().eval()  # no rounding noise
+    with torch.no_grad():
+        model.score.weight.normal_(0.0, 1.0)  # a head whose reading differs from token to token
+    rows = [{"prompt": "What colour is the sky?", "completion": " Blue, mostly."},
+            {"prompt": "2+2?", "completion": " It is four, I think, but let me check again."},
+            {"prompt": [{"role": "user", "content": "Say hi."}], "completion": [{"role": "assistant", "content": "Hi!"}]},
+            {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a fruit."}],
+             "completion": [{"role": "assistant", "content": "A pear."}]}]
+    for group in (rows[:2], rows[2:]):  # string rows, chat rows
+        examples, _ = tokenize_examples(load_examples(group, "sft"), smol_tokenizer)
+        batch = collate_shared_prefix(examples, smol_tokenizer.pad_token_id, pack=True)
+        inputs = {key: batch[key] for key in ("input_ids", "completion_mask", "position_ids", "segment_ids",
+                                              "context_ids", "source_index", "slots")}
+        with torch.no_grad():
+            trained = RewardScorer(model)(**inputs)
+        reward = SequenceClassifierReward(model=model, tokenizer=smol_tokenizer, batch_size=1)
+        scored = reward([row["prompt"] for row in group], [row["completion"] for row in group])
+        expected = trained[:, 0] if num_labels == 1 else trained
+        assert scored.shape == expected.shape
+        assert torch.allclose(scored, expected, atol=1e-6, rtol=0), (scored - expected).abs().max()
