@@ -67,13 +67,16 @@ def test_matches_naive_full_logits(side):
     torch.testing.assert_close(got.mean, want_sum / want_count, rtol=0, atol=1e-5)
 
 
-def test_right_padding_does_not_change_scores():
-    """Each row scored alone (no padding at all) gives the same sum as inside the padded batch."""
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_padding_does_not_change_scores(side):
+    """Each row scored alone (no padding at all) gives the same sum as inside the padded batch. Left padding
+    puts the pads before the real tokens, where only the attention mask keeps them out (causal attention alone
+    hides right padding), so this fails if the mask is dropped."""
     model = tiny_llama(VOCAB)
-    batch = make_batch(ROWS, WIDTH, "right")
+    batch = make_batch(ROWS, WIDTH, side)
     with torch.no_grad():
         together = completion_logps(model, *batch).sum
-        alone = torch.cat([completion_logps(model, *make_batch([row], len(row[0]) + len(row[1]), "right")).sum
+        alone = torch.cat([completion_logps(model, *make_batch([row], len(row[0]) + len(row[1]), side)).sum
                            for row in ROWS])
     assert (together - alone).abs().max().item() < 1e-5
 
