@@ -34,6 +34,7 @@ from alignkit.decode.core import (
     evaluating,
     seeded,
 )
+from alignkit.decode.methods import Method, register_method
 
 Term = Callable[[torch.Tensor], torch.Tensor]
 
@@ -225,3 +226,9 @@ def genarm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
                     "forward_passes": passes, "forward_passes_per_token": passes / max(lengths[k], 1),
                     "temperature": temperature})
     return results
+
+
+register_method(Method(
+    name="genarm", function=genarm, mechanism="guided step", needs=("arm",),
+    source="GenARM, Xu et al. ICLR 2025 (arXiv 2410.08193); Yuancheng-Xu/GenARM",
+    description="sample from pi_base * pi_arm^alpha, token by token, both with KV caches"))

@@ -1,14 +1,14 @@
-"""The decoding-time methods by name: which function runs each, what extra inputs it needs, and its source.
+"""The decoding-time methods by name: the registry every preset enters, next to its function.
 
 Each method is a configuration of the shared mechanisms (guided step: `guidance`; search driver: `search`;
 sample-and-rerank: `rerank`; model collaboration: `nudging`; prompt: `urial`; activation hooks: `steering`),
-with the signature `method(model, tokenizer, prompts, **parameters) -> list[Completion]`.
-`alignkit generate --method NAME` and `run_method` look methods up here.
+with the signature `method(model, tokenizer, prompts, **parameters) -> list[Completion]`, registered where it
+is defined with `register_method(Method(...))`. `alignkit generate --method NAME`, its `--list` and `--help`,
+and `run_method` read the registry; importing `alignkit.decode` fills it.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,16 +25,11 @@ class Method:
     """A named decoding method. `needs` lists the keyword inputs that must be given (models, rewards, ...)."""
 
     name: str
-    target: str  # "module:function" under alignkit.decode
+    function: Callable[..., list[Completion]]
     mechanism: str
     needs: tuple[str, ...]
     source: str
     description: str
-
-    @property
-    def function(self) -> Callable[..., list[Completion]]:
-        module, name = self.target.split(":")
-        return getattr(importlib.import_module(f"alignkit.decode.{module}"), name)
 
     def parameters(self) -> dict[str, Any]:
         """The function's keyword parameters and their defaults (required ones map to `inspect.Parameter.empty`)."""
@@ -42,32 +37,19 @@ class Method:
         return {name: p.default for name, p in signature.parameters.items() if p.kind is p.KEYWORD_ONLY}
 
 
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("best_of_n", "rerank:best_of_n", "sample-and-rerank", ("reward",),
-           "standard best-of-N; TRL BestOfNSampler, AISteer360 best_of_n (n=8); InfAlign calibration "
-           "arXiv 2412.19792", "N samples per prompt in one batch, keep the highest reward"),
-    Method("worst_of_n", "rerank:worst_of_n", "sample-and-rerank", ("reward",),
-           "worst-of-N (BoN jailbreaking) evaluation, InfAlign arXiv 2412.19792",
-           "N samples per prompt, keep the lowest reward (an adversary's pick)"),
-    Method("urial", "urial:urial", "prompt", (),
-           "URIAL, Lin et al. ICLR 2024 (arXiv 2312.01552); prompts from Re-Align/URIAL urial_prompts/",
-           "a base model answers after URIAL's system prompt and three stylistic examples"),
-    Method("nudging", "nudging:nudging", "model collaboration", ("guide",),
-           "Nudging, Fei et al. arXiv 2410.09300; fywalter/nudging",
-           "the base writes while its top-1 probability >= gamma, else a small aligned guide writes a word"),
-    Method("deal", "search:deal", "search", ("reward",),
-           "DeAL, Huang et al. arXiv 2402.06147 (no official code)",
-           "top-k candidates, greedy lookahead, beams scored by log-prob + lambda * reward"),
-    Method("transfer_q", "transfer_q:transfer_q", "guided step + search rollouts", ("reward",),
-           "Transfer Q*, Chakraborty et al. NeurIPS 2024 (arXiv 2405.20495); Soumya1612-Rasha/Transfer-Q",
-           "prior top-k tokens re-weighted by exp(alpha * Q), Q the reward of a rollout"),
-    Method("genarm", "guidance:genarm", "guided step", ("arm",),
-           "GenARM, Xu et al. ICLR 2025 (arXiv 2410.08193); Yuancheng-Xu/GenARM",
-           "sample from pi_base * pi_arm^alpha, token by token, both with KV caches"),
-    Method("steering", "steering:steering", "activation hooks", ("directions",),
-           "representation engineering; Wolf et al. arXiv 2401.16332 (REPE_alignment_helpfulness_tradeoff)",
-           "add coefficient * a unit direction to chosen layers' hidden states"),
-)}
+METHODS: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> Method:
+    """Add a method to `METHODS`; every name in `needs` must be a keyword parameter of its function."""
+    missing = [need for need in method.needs if need not in method.parameters()]
+    if missing:
+        raise ValueError(f"decoding method {method.name!r} needs {missing}, which {method.function.__name__} "
+                         "does not take")
+    if method.name in METHODS:
+        raise ValueError(f"decoding method {method.name!r} is already registered")
+    METHODS[method.name] = method
+    return method
 
 
 def get_method(name: str) -> Method:

@@ -37,6 +37,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignkit.data.prompts import Prompt, render_prompt
 from alignkit.decode.core import Completion, ForwardCounter, evaluating
+from alignkit.decode.methods import Method, register_method
 from alignkit.decode.nudging_text import (
     IncrementalLM,
     NudgingSettings,
@@ -224,3 +225,9 @@ def completion_of(outcome: Outcome, forward_passes: int) -> Completion:
         "forward_passes": float(forward_passes),
         "forward_passes_per_token": forward_passes / tokens,
     })
+
+
+register_method(Method(
+    name="nudging", function=nudging, mechanism="model collaboration", needs=("guide",),
+    source="Nudging, Fei et al. arXiv 2410.09300; fywalter/nudging",
+    description="the base writes while its top-1 probability >= gamma, else a small aligned guide writes a word"))

@@ -24,6 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignkit.data.prompts import Content, Prompt, as_completion
 from alignkit.decode.core import Completion
+from alignkit.decode.methods import Method, register_method
 from alignkit.decode.sampling import draw_samples
 from alignkit.models.rewards import CalibratedReward, EmpiricalCDF, Reward, fit_reference_cdf
 
@@ -201,3 +202,15 @@ def worst_of_n_attack_success(scores: torch.Tensor, threshold: float, n: int | N
             raise ValueError(f"n must be in 1..{scores.shape[1]}, got {n}")
         scores = scores[:, :n]
     return float((scores.amin(dim=1) < threshold).double().mean())
+
+
+register_method(Method(
+    name="best_of_n", function=best_of_n, mechanism="sample-and-rerank", needs=("reward",),
+    source="standard best-of-N; TRL BestOfNSampler, AISteer360 best_of_n (n=8); InfAlign calibration "
+           "arXiv 2412.19792",
+    description="N samples per prompt in one batch, keep the highest reward"))
+
+register_method(Method(
+    name="worst_of_n", function=worst_of_n, mechanism="sample-and-rerank", needs=("reward",),
+    source="worst-of-N (BoN jailbreaking) evaluation, InfAlign arXiv 2412.19792",
+    description="N samples per prompt, keep the lowest reward (an adversary's pick)"))

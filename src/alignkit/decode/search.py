@@ -31,6 +31,7 @@ from alignkit.data.prompts import Prompt, render_prompt
 from alignkit.decode.core import (Completion, ForwardCounter, encode_left_padded, evaluating, generated_length,
                                   seeded)
 from alignkit.decode.guidance import combine_logprobs
+from alignkit.decode.methods import Method, register_method
 from alignkit.models.rewards import Reward
 
 ValueFn = Callable[[list[Prompt], list[str]], torch.Tensor]
@@ -294,3 +295,9 @@ def deal(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Se
                                      max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
                                      chat_template=chat_template)
     return completions(tokenizer, hypotheses, diagnostics)
+
+
+register_method(Method(
+    name="deal", function=deal, mechanism="search", needs=("reward",),
+    source="DeAL, Huang et al. arXiv 2402.06147 (no official code)",
+    description="top-k candidates, greedy lookahead, beams scored by log-prob + lambda * reward"))

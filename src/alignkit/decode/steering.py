@@ -38,6 +38,7 @@ from alignkit.decode.core import (
     evaluating,
     seeded,
 )
+from alignkit.decode.methods import Method, register_method
 
 Directions = Mapping[int, torch.Tensor]
 # Paper layers for 32-layer models (Llama-2-7b, Llama-3.1-8B): blocks 14..10 = range(-18, -23, -1), i.e. the
@@ -139,8 +140,8 @@ def contrast_texts(records: Sequence[Record], tokenizer: PreTrainedTokenizerBase
             prefix = render_prompt(tokenizer, row["prompt"])
             return prefix + text_of(row["chosen"]), prefix + text_of(row["rejected"])
         raise RowProblem(None, "needs fields positive and negative, or prompt, chosen and rejected")
-    pairs = collect(records, read)
-    return [positive for positive, _ in pairs], [negative for _, negative in pairs]
+    contrasts = collect(records, read)
+    return [positive for positive, _ in contrasts], [negative for _, negative in contrasts]
 
 
 @contextmanager
@@ -210,3 +211,9 @@ def steering(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
                     "forward_passes": counter.rows / len(batch), "coefficient": float(coefficient),
                     "steered_layers": float(len(vectors))})
     return results
+
+
+register_method(Method(
+    name="steering", function=steering, mechanism="activation hooks", needs=("directions",),
+    source="representation engineering; Wolf et al. arXiv 2401.16332 (REPE_alignment_helpfulness_tradeoff)",
+    description="add coefficient * a unit direction to chosen layers' hidden states"))

@@ -14,6 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignkit.data.prompts import Prompt
 from alignkit.decode.core import Completion
+from alignkit.decode.methods import Method, register_method
 from alignkit.decode.search import SearchSettings, ValueFn, completions, reward_value, search
 from alignkit.models.rewards import Reward
 
@@ -85,3 +86,9 @@ def transfer_q(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, promp
         for extra in diagnostics:
             extra["baseline_reward_calls"] = extra["reward_calls"]
     return completions(tokenizer, hypotheses, diagnostics)
+
+
+register_method(Method(
+    name="transfer_q", function=transfer_q, mechanism="guided step + search rollouts", needs=("reward",),
+    source="Transfer Q*, Chakraborty et al. NeurIPS 2024 (arXiv 2405.20495); Soumya1612-Rasha/Transfer-Q",
+    description="prior top-k tokens re-weighted by exp(alpha * Q), Q the reward of a rollout"))

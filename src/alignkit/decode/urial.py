@@ -27,6 +27,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from alignkit.data.prompts import Prompt
 from alignkit.data.rows import common_prefix_length
 from alignkit.decode.core import Completion, ForwardCounter, evaluating, seeded
+from alignkit.decode.methods import Method, register_method
 
 PROMPT_DIR = Path(__file__).with_name("urial_prompts")
 ROLES = ("# Query:", "# Answer:")
@@ -188,3 +189,9 @@ def urial(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: S
                 results[index] = Completion(clear_output(text), length, {
                     "forward_passes": passes, "prefix_tokens": float(shared), "stopped_on_string": float(stopped)})
     return results
+
+
+register_method(Method(
+    name="urial", function=urial, mechanism="prompt", needs=(),
+    source="URIAL, Lin et al. ICLR 2024 (arXiv 2312.01552); prompts from Re-Align/URIAL urial_prompts/",
+    description="a base model answers after URIAL's system prompt and three stylistic examples"))
