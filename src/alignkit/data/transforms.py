@@ -145,7 +145,7 @@ def reward_augment(rows: Iterable[Row], score_chosen_field: str = "score_chosen"
             out.append(row)
         return out
 
-    kept = [pair for pair in collect(_records(rows), copies) if pair]
+    kept = [both for both in collect(_records(rows), copies) if both]  # (positive, negative) copies of each row
     return [positive for positive, _ in kept] + [negative for _, negative in kept]
 
 

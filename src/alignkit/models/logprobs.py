@@ -185,7 +185,7 @@ class CompletionScorer(nn.Module):
 
 def grouped_logps(scorer: nn.Module, batch: dict[str, torch.Tensor], per_prompt: int) -> list[SequenceLogps]:
     """The `per_prompt` completions of each example scored in one forward of a `CompletionScorer`: element
-    k holds completion k of every example (from `collate_shared_prefix`, or `collate_pairs` for pairs)."""
+    k holds completion k of every example (from `collate_shared_prefix`, or `collate_rows`)."""
     inputs = {key: batch[key] for key in SCORER_INPUTS if key in batch}
     sums, counts = scorer(**inputs)
     return [SequenceLogps(s, c) for s, c in zip(sums.chunk(per_prompt), counts.chunk(per_prompt))]

@@ -66,15 +66,15 @@ class TrainConfig:
     optim: OptimSettings = field(default_factory=OptimSettings)
     output_dir: str = "runs/dpo"
     overwrite: bool = False  # allow starting afresh in an output_dir that already holds a run
-    batch_size: int = 4  # pairs per micro-batch, per process
+    batch_size: int = 4  # examples (e.g. preference pairs) per micro-batch, per process
     grad_accum: int = 1  # micro-batches per optimizer step
     epochs: int = 1
     max_steps: Optional[int] = None  # stop after this many optimizer steps (overrides epochs)
     seed: int = 0
     mixed_precision: str = "no"  # "no" (fp32) or "bf16" (autocast)
-    prefix_sharing: bool = True  # one row [prompt | chosen | rejected] per pair where attention allows it
-    packing: bool = True  # with prefix sharing: several pairs per row (first-fit), less padding
-    pack_row_tokens: Optional[int] = None  # packed row size; None: the micro-batch's longest pair (never wider)
+    prefix_sharing: bool = True  # one row [prompt | completion 1 | ... | K] per example where attention allows it
+    packing: bool = True  # with prefix sharing: several examples per row (first-fit), less padding
+    pack_row_tokens: Optional[int] = None  # packed row size; None: the micro-batch's longest example (never wider)
     activation_checkpointing: bool = False  # recompute layer activations in backward: less memory, more time
     lm_head_chunk: Optional[int] = None  # apply the LM head to this many completion tokens at a time
     save_every: Optional[int] = None  # checkpoint every N optimizer steps (always at the end)
