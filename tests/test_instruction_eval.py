@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from alignkit.data import DataError
 from alignkit.eval.instructions import (InstructionReport, RowResult, default_heldout_path, evaluate_instructions,
                                         format_comparison, load_heldout)
 from alignkit.models.verifiers import check
@@ -75,6 +76,20 @@ def test_load_heldout_reads_jsonl(tmp_path):
     path.write_text("\n".join(json.dumps(row) for row in ROWS) + "\n\n", encoding="utf-8")
     assert load_heldout(path) == ROWS
     assert default_heldout_path().name == "heldout.jsonl"
+    assert len(load_heldout()) == 64
+
+
+def test_load_heldout_names_every_bad_row_before_any_model_runs(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    bad = [ROWS[0], {"prompt": "", "check": {"type": "lowercase"}}, {"prompt": "Hi"},
+           {"prompt": "Hi", "check": {"type": "max_wordz", "n": 3}}]
+    path.write_text("\n".join(json.dumps(row) for row in bad) + "\n", encoding="utf-8")
+    with pytest.raises(DataError) as caught:
+        load_heldout(path)
+    assert caught.value.problems == ("rows.jsonl, line 2, field 'prompt': empty prompt",
+                                     "rows.jsonl, line 3, field 'check': missing",
+                                     caught.value.problems[2])
+    assert caught.value.problems[2].startswith("rows.jsonl, line 4, field 'check': expected an object whose type")
 
 
 def test_substance_rows_catch_empty_compliance():

@@ -9,7 +9,6 @@ sentence.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -17,8 +16,10 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from alignkit.data import Record, collect, load_records
+from alignkit.data.rows import RowProblem, prompt_field, required
 from alignkit.decode.sampling import draw_samples
-from alignkit.models.verifiers import check, family, substantive
+from alignkit.models.verifiers import CHECK_TYPES, check, family, substantive
 
 TOTAL = "total"
 SUBSTANTIVE = "substantive answer"
@@ -77,10 +78,17 @@ def default_heldout_path() -> Path:
 
 
 def load_heldout(path: str | Path | None = None) -> list[dict]:
-    """Read held-out rows (one JSON object per line) from `path`, or the shipped file by default."""
-    source = Path(path) if path is not None else default_heldout_path()
-    with source.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    """Held-out rows from `path` (any source `load_records` reads), or the shipped file by default. Each row
+    needs a non-empty `prompt` and a `check` of a known type; every bad row is reported at once (file, line,
+    field), before any model runs."""
+    def read(record: Record) -> dict:
+        prompt_field(record.data)
+        spec = required(record.data, "check")
+        if not isinstance(spec, dict) or spec.get("type") not in CHECK_TYPES:
+            raise RowProblem("check", f"expected an object whose type is one of {', '.join(CHECK_TYPES)}, "
+                                      f"got {spec!r}")
+        return record.data
+    return collect(load_records(path if path is not None else default_heldout_path()), read)
 
 
 def evaluate_instructions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict], *,

@@ -12,7 +12,8 @@ import torch
 
 from alignkit.data import DataError, Example, Record, collect, load_records
 from alignkit.data.prompts import Content, Prompt, as_completion, content_key
-from alignkit.data.rows import RowProblem, kind, prompt_field, required
+from alignkit.data import rows
+from alignkit.data.rows import RowProblem, kind, required
 from alignkit.models.likelihood import completion_likelihoods
 from alignkit.models.loading import Loaded, default_device, ensure_loaded
 from alignkit.models.rewards import EmpiricalCDF, Reward, fit_reference_cdf
@@ -36,10 +37,10 @@ def _completion(data: dict, field: str, prompt: Prompt) -> Content:
 
 
 def scoring_examples(records: Sequence[Record], field: str = "completion",
-                     prompt_field_name: str = "prompt") -> list[Example]:
+                     prompt_field: str = "prompt") -> list[Example]:
     """(prompt, completion) of each record as a one-completion Example; every bad row in one DataError."""
     def read(record: Record) -> Example:
-        prompt = prompt_field(record.data, prompt_field_name)
+        prompt = rows.prompt_field(record.data, prompt_field)
         return Example.single(prompt, _completion(record.data, field, prompt), record.where)
     return collect(records, read)
 
@@ -65,12 +66,12 @@ def likelihood_rows(records: Sequence[Record], models: Sequence[str | os.PathLik
             for record, mean, total in zip(records, zip(*means), zip(*sums))]
 
 
-def read_reference_samples(source: Any, prompt_field_name: str = "prompt") -> References:
+def read_reference_samples(source: Any, prompt_field: str = "prompt") -> References:
     """(prompt, completions) per distinct prompt from rows {prompt, samples: [completions]} (`alignkit sample`'s
     output); samples of repeated prompts are pooled, and a string sample of a message-list prompt becomes one
     assistant message."""
     def read(record: Record) -> tuple[Prompt, list[Content]]:
-        prompt = prompt_field(record.data, prompt_field_name)
+        prompt = rows.prompt_field(record.data, prompt_field)
         samples = required(record.data, "samples")
         if not isinstance(samples, list) or not samples:
             raise RowProblem("samples", "expected a non-empty list of completions")
@@ -126,13 +127,13 @@ def reward_rows(records: Sequence[Record], reward: str | Reward, *, field: str =
                          f"attributes {list(reward.attributes)}")
     prompts = [example.prompt for example in examples]
     values = reward(prompts, [example.slot("completion")[0] for example in examples]).float()
-    rows = [{**record.data, "reward": value} for record, value in zip(records, values.tolist())]
+    scored = [{**record.data, "reward": value} for record, value in zip(records, values.tolist())]
     if references is None:
-        return rows
+        return scored
     calibrated = fit_reference_cdf(reward, references, EmpiricalCDF(tie=tie)).calibrate(prompts, values)
     transformed = N_TRANSFORMS[transform](calibrated, n).tolist() if transform else None
-    for i, (row, u) in enumerate(zip(rows, calibrated.tolist())):
+    for i, (row, u) in enumerate(zip(scored, calibrated.tolist())):
         row["reward_calibrated"] = u
         if transformed is not None:
             row["reward_transformed"] = transformed[i]
-    return rows
+    return scored
