@@ -12,8 +12,8 @@ Models: the aligned guide / ARM is the DPO demo model (`make demo`), the same si
 "4-layer" rows use the base's first `--small-arm-layers` layers (random quality, realistic cost) to show the
 cost of a guide smaller than the base, as in GenARM's weak-to-strong and Nudging's small-guide settings.
 Each method's baseline is timed right before it, after one warm-up run. Forward passes count rows
-through any model's forward; reward calls count completions scored. Targets (issue 6): GenARM and nudging
-<= 1.3x plain; best-of-N batched >= N/2 times faster than N sequential runs.
+through any model's forward; reward calls count completions scored. Targets: GenARM and nudging <= 1.3x
+plain; best-of-N batched >= N/2 times faster than N sequential runs.
 """
 
 from __future__ import annotations
