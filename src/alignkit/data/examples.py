@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from alignkit.data.errors import DataError
 from alignkit.data.prompts import Content
 from alignkit.data.records import Record, Source, load_records
-from alignkit.data.rows import (RowProblem, check_completion, collect, common_prefix_length, completion_field,
-                                completions_field, kind, label_field, number, prompt_field, required)
+from alignkit.data.rows import (KIND_NAMES, RowProblem, check_completion, collect, common_prefix_length,
+                                completion_field, completions_field, kind, label_field, number, prompt_field, required,
+                                same_kind)
 
 FORMAT_FIELDS = {
     "preference": "prompt, chosen, rejected",
@@ -144,8 +145,8 @@ def _read_preference(record: Record) -> Example:
     kinds = {field: kind(data[field], field) for field in fields}
     for field in fields:
         if kinds[field] != kinds["chosen"]:
-            raise RowProblem(field, f"is {_KIND_NAMES[kinds[field]]} but 'chosen' is "
-                                    f"{_KIND_NAMES[kinds['chosen']]}; {MIXED}")
+            raise RowProblem(field, f"is {KIND_NAMES[kinds[field]]} but 'chosen' is "
+                                    f"{KIND_NAMES[kinds['chosen']]}; {MIXED}")
     conversational = kinds["chosen"] == "messages"
     if "prompt" in fields:
         prompt, chosen, rejected = data["prompt"], data["chosen"], data["rejected"]
@@ -158,9 +159,6 @@ def _read_preference(record: Record) -> Example:
     check_completion(chosen, "chosen")
     check_completion(rejected, "rejected")
     return Example.pair(prompt, chosen, rejected, record.where)
-
-
-_KIND_NAMES = {"text": "a string", "messages": "a list of messages"}
 
 
 def _check_diverges(chosen: Content, rejected: Content, shared: int) -> None:
@@ -222,8 +220,7 @@ def _read_joint(record: Record) -> Example:
         return Example.pair(prompt, completion_field(data, "chosen", prompt), completion_field(data, "rejected", prompt),
                             record.where)
     first, second = prompt_field(data, "prompt_chosen"), prompt_field(data, "prompt_rejected")
-    if kind(second, "prompt_rejected") != kind(first, "prompt_chosen"):
-        raise RowProblem("prompt_rejected", "prompt and completions must be all strings or all message lists")
+    same_kind(second, "prompt_rejected", first)
     groups = ((first, (completion_field(data, "chosen", first),)), (second, (completion_field(data, "rejected", first),)))
     return Example(groups, PAIR_SLOTS, record.where)
 
