@@ -82,6 +82,10 @@ class TrainConfig:
     log_every: int = 1
     tensorboard: bool = True
     progress: bool = True
+    # A NaN or inf in the loss, the gradients or the parameters after an update: "stop" ends the run with an
+    # error naming the step and the quantity (the last good checkpoint kept); "skip" leaves the parameters as
+    # they were before the step, moves on to the next batch and counts it (`nonfinite_skipped`).
+    on_nonfinite: str = "stop"
 
 
 class ConfigError(ValueError):
@@ -109,6 +113,7 @@ def validate(config: TrainConfig) -> None:
         (config.grad_accum >= 1, "grad_accum must be >= 1"),
         (config.max_steps is None or config.max_steps >= 1, "max_steps must be >= 1"),
         (config.mixed_precision in ("no", "bf16"), "mixed_precision must be 'no' or 'bf16'"),
+        (config.on_nonfinite in ("stop", "skip"), "on_nonfinite must be 'stop' or 'skip'"),
         (config.data.overlong in ("truncate_prompt", "drop"), "data.overlong must be 'truncate_prompt' or 'drop'"),
         (config.data.max_prompt_length < config.data.max_length, "data.max_prompt_length must be < data.max_length"),
         (config.save_every is None or config.save_every >= 1, "save_every must be >= 1"),
