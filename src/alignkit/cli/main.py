@@ -121,17 +121,35 @@ def _objectives(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The arguments; `train`'s KEY=VALUE overrides may come anywhere, also after a flag (`--resume max_steps=30`)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    overrides = [item for item in extra if "=" in item and not item.startswith("-")] if args.verb == "train" else []
+    if len(overrides) != len(extra):
+        parser.error(f"unrecognized arguments: {' '.join(item for item in extra if item not in overrides)}")
+    if overrides:
+        args.overrides = [*args.overrides, *overrides]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     from alignkit.models import ModelLoadError
+    from alignkit.train.guard import NonFiniteError
 
     try:
         return args.run(args)
+    except NonFiniteError as err:  # the run stopped on a NaN or inf; its last checkpoint is intact
+        if args.verbose:
+            raise
+        print(f"alignkit {args.verb}: stopped: {err}", file=sys.stderr)
+        return 3
     except (ValueError, KeyError, ModelLoadError, FileNotFoundError, FileExistsError) as err:
         # Bad arguments, data, config or model: one line naming what is wrong (DataError, ConfigError and
         # OutputPathError are among these); --verbose adds the traceback.

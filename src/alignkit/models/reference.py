@@ -11,14 +11,18 @@ import contextlib
 import copy
 import hashlib
 import json
+import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 SCORING_VERSION = "completion-logps/2"  # [N, K] sums and counts
 
@@ -70,13 +74,39 @@ class ReferenceLogpsCache:
     def path(self, fingerprint: str) -> Path:
         return self.folder / f"{fingerprint}.safetensors"
 
-    def load(self, fingerprint: str) -> dict[str, torch.Tensor] | None:
+    def load(self, fingerprint: str, shape: tuple[int, int] | None = None) -> dict[str, torch.Tensor] | None:
+        """The cached `sums` and `counts`, or None when there is none. A file that cannot be read (truncated by a
+        killed write, say) or whose tensors are not `shape` is named in a warning, removed, and reported as
+        missing, so the caller recomputes it."""
         path = self.path(fingerprint)
-        return load_file(path) if path.exists() else None
+        if not path.exists():
+            return None
+        try:
+            tensors = load_file(path)
+            problem = None if {"sums", "counts"} <= tensors.keys() else "no sums or counts"
+            if problem is None and shape is not None and any(tuple(t.shape) != shape for t in tensors.values()):
+                problem = f"tensors of shape {tuple(tensors['sums'].shape)}, expected {shape}"
+        except Exception as err:  # safetensors raises its own error types for a damaged file
+            problem = f"unreadable ({err})"
+        if problem is None:
+            return tensors
+        log.warning("reference log-probs cache %s is damaged (%s): removing it and computing them again", path,
+                    problem)
+        path.unlink(missing_ok=True)
+        return None
+
+    def clean_temporary(self, older_than_s: float = 3600.0) -> None:
+        """Remove temporary files of interrupted writes older than `older_than_s` (younger ones may belong to a
+        write in progress in another process)."""
+        now = time.time()
+        for leftover in self.folder.glob(".*") if self.folder.exists() else ():  # cache files are not hidden
+            with contextlib.suppress(FileNotFoundError):  # another process may have just removed it
+                if now - leftover.stat().st_mtime > older_than_s:
+                    leftover.unlink()
 
     def save(self, fingerprint: str, tensors: dict[str, torch.Tensor]) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{fingerprint}.", dir=self.folder)
+        fd, tmp = tempfile.mkstemp(prefix=f".{fingerprint}.", suffix=".tmp", dir=self.folder)
         os.close(fd)
         try:
             save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)

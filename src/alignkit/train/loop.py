@@ -1,8 +1,9 @@
 """One training loop for every objective, on `accelerate`: `train(load_config("recipe.yaml", ["key=value"]))`.
 
-`Trainer.prepare` builds a run (model and scorer, data source, reference, optimizer, resumed state);
-`Trainer.step` is one optimizer step, read top to bottom: micro-batches from the data source → policy (and
-reference) scores → the objective's losses → backward; clip, optimizer step, log, save.
+`Trainer.prepare` builds a run (output folder, data, model and scorer, data source, reference, optimizer,
+resumed state); `Trainer.step` is one optimizer step, read top to bottom: micro-batches from the data source →
+policy (and reference) scores → the objective's losses → backward; clip, the non-finite guard, optimizer step,
+log, save.
 
 Loss scaling: an optimizer step averages the per-example losses over *all* examples of the step (every
 micro-batch of the accumulation window, on every process). Each micro-batch back-propagates
@@ -19,26 +20,29 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import IO, Any, Callable, Sequence
 
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, gather_object, set_seed
 from torch import nn
 
 from alignkit.data import TokenizedExample, sequence_token_count
 from alignkit.models import save_model_atomically
 from alignkit.objectives import Objective, get
 from alignkit.objectives.registry import FIELDS, logp_inputs
-from alignkit.train.checkpoint import TrainingState, checkpoint_dir, save_checkpoint
-from alignkit.train.config import TrainConfig, to_yaml
+from alignkit.train import resume as resumes
+from alignkit.train import rundir
+from alignkit.train.checkpoint import TrainingState, checkpoint_dir, latest_checkpoint, save_checkpoint
+from alignkit.train.config import ConfigError, TrainConfig
+from alignkit.train.guard import NonFiniteError, UpdateSnapshot, finite, parameters_finite
 from alignkit.train.metrics import MetricsLog
 from alignkit.train.plan import BatchPlan
-from alignkit.train.references import (Batch, ReferenceScores, online_reference, precompute_reference,
-                                       precomputed_reference, scorer_inputs)
-from alignkit.train.setup import (batch_layout, build_optimizer, check_output_dir, load_policy, objective_params,
-                                  resume_state)
+from alignkit.train.references import (Batch, ReferenceScores, data_fingerprint, online_reference,
+                                       precompute_reference, precomputed_reference, scorer_inputs)
+from alignkit.train.setup import (Policy, batch_layout, build_optimizer, load_policy, load_training_data,
+                                  objective_params, restore)
 from alignkit.train.sources import DataSource, FixedDataset
 
 log = logging.getLogger(__name__)
@@ -55,10 +59,13 @@ class TrainResult:
 def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     """Train `config.model` with `config.objective` on `config.data.train`; see TrainConfig for the knobs."""
     trainer = Trainer.prepare(config, resume=resume)
-    metrics: dict[str, float] = {}
-    while trainer.state.step < trainer.source.total_steps:
-        metrics = trainer.step()
-    return trainer.finish(metrics)
+    try:
+        metrics: dict[str, float] = {}
+        while trainer.state.step < trainer.source.total_steps:
+            metrics = trainer.step()
+        return trainer.finish(metrics)
+    finally:
+        trainer.close()
 
 
 @dataclass
@@ -79,37 +86,42 @@ class Trainer:
     scheduler: Any  # stepped by hand: accelerate's wrapper would step it once per process
     state: TrainingState
     metrics_log: MetricsLog
+    config_yaml: str  # what config.yaml says (the configuration, with the run's starts and resumes)
+    lock: IO | None  # the output folder's lock (main process)
 
     @classmethod
     def prepare(cls, config: TrainConfig, *, resume: bool = False,
                 examples: Sequence[TokenizedExample] | None = None) -> Trainer:
-        """Load the model and data, precompute reference log-probs, build the optimizer; resume if asked.
+        """Check and lock the output folder, load the data and the model, precompute reference log-probs, build
+        the optimizer; resume if asked. Bad data, config and resume requests fail before a model is loaded.
 
         `examples` replaces `config.data.train` with already tokenized examples (e.g. to feed two trainers
         the same token ids).
         """
-        if config.mixed_precision == "bf16":
-            warnings.warn("bf16 autocast: on the de-quantized SmolLM2 weights it gave spurious DPO rewards; "
-                          "prefer fp32 (mixed_precision=no) unless you have checked your model", stacklevel=3)
-        AcceleratorState._reset_state()  # each run sets its own precision; the process group is kept
-        # cpu=True on machines without an accelerator, so torchrun's processes form a gloo group.
-        accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.accelerator.is_available())
-        set_seed(config.seed)
-        check_output_dir(config, resume, accelerator)
+        accelerator = _accelerator(config)
         objective = get(config.objective.name)
         params = objective_params(objective, config.objective.params)
-        policy, examples = load_policy(config, objective, examples)
+        checkpoint, diff = resumes.find_checkpoint(config, accelerator.num_processes) if resume else (None, {})
+        lock = rundir.claim(config, resume) if accelerator.is_main_process else None
+        try:
+            return cls._build(config, accelerator, objective, params, checkpoint, diff, lock, examples)
+        except BaseException:
+            if lock is not None:
+                lock.close()
+            raise
+
+    @classmethod
+    def _build(cls, config: TrainConfig, accelerator: Accelerator, objective: Objective, params: dict,
+               checkpoint: Path | None, diff: dict, lock: IO | None,
+               examples: Sequence[TokenizedExample] | None) -> Trainer:
+        """The run in the claimed output folder (see `prepare`)."""
+        tokenizer, examples = load_training_data(config, objective, examples)
+        fingerprint = data_fingerprint(examples)
+        resumes.check_same_data(checkpoint, fingerprint)
+        policy = load_policy(config, objective, tokenizer, examples)
         model = policy.model.to(accelerator.device)
-        collate = batch_layout(config, model, policy.tokenizer.pad_token_id)
-        reference_scores, reference = None, None
-        if objective.needs_reference and config.reference.precompute:
-            # Under the same autocast as training, so policy == reference scores the same at the first step.
-            with accelerator.main_process_first(), accelerator.autocast():
-                reference_scores = precompute_reference(config, model, policy.tokenizer, examples,
-                                                        policy.fingerprint, collate, accelerator.device)
-            reference = precomputed_reference
-        elif objective.needs_reference:
-            reference = online_reference(config, model, accelerator.device)
+        collate = batch_layout(config, model, tokenizer.pad_token_id)
+        reference_scores, reference = _reference(config, objective, policy, model, examples, collate, accelerator)
         plan = BatchPlan(num_examples=len(examples), batch_size=config.batch_size, grad_accum=config.grad_accum,
                          epochs=config.epochs, max_steps=config.max_steps, seed=config.seed,
                          world_size=accelerator.num_processes, rank=accelerator.process_index)
@@ -118,18 +130,18 @@ class Trainer:
                                                source.total_steps)
         scorer, optimizer = accelerator.prepare(policy.scorer, optimizer)
         objective_state = objective.state() if objective.state is not None else None
-        state = resume_state(config, resume, model, optimizer, scheduler, objective_state)
+        state = restore(checkpoint, model, optimizer, scheduler, objective_state)
+        resumes.apply_optimizer_settings(config, optimizer, scheduler, diff)
+        state.data_fingerprint, state.world_size = fingerprint, accelerator.num_processes
         if objective_state is not None:
             params = {**params, "state": objective_state}
-        output_dir = Path(config.output_dir)
-        if accelerator.is_main_process:
-            output_dir.mkdir(parents=True, exist_ok=True)
-            (output_dir / "config.yaml").write_text(to_yaml(config))
-        metrics_log = MetricsLog(output_dir, source.total_steps, state.step, tensorboard=config.tensorboard,
-                                 progress=config.progress, enabled=accelerator.is_main_process)
+        config_yaml = _write_config(config, checkpoint, diff, state.step, accelerator.is_main_process)
+        metrics_log = MetricsLog(Path(config.output_dir), source.total_steps, state.step,
+                                 tensorboard=config.tensorboard, progress=config.progress,
+                                 enabled=accelerator.is_main_process)
         scorer.train()
-        return cls(config, accelerator, objective, params, model, policy.tokenizer, scorer, policy.name_outputs,
-                   reference, source, optimizer, scheduler, state, metrics_log)
+        return cls(config, accelerator, objective, params, model, tokenizer, scorer, policy.name_outputs, reference,
+                   source, optimizer, scheduler, state, metrics_log, config_yaml, lock)
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The objective's per-example losses and metrics on one micro-batch: the policy's scores (and the
@@ -148,9 +160,12 @@ class Trainer:
         examples_in_step = self.source.examples_in_step(self.state.step)
         totals: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device))
         for number, batch in enumerate(batches):
-            batch = {key: value.to(device) for key, value in batch.items()}
             last = number == len(batches) - 1  # gradients are synchronised across processes once, at the end
             with contextlib.nullcontext() if last else self.accelerator.no_sync(self.scorer):
+                if batch is None:  # this process has no example in this micro-batch (a ragged tail)
+                    self._idle_backward()
+                    continue
+                batch = {key: value.to(device) for key, value in batch.items()}
                 with self.accelerator.autocast():
                     losses, metrics = self.loss(batch)
                 self.accelerator.backward(losses.sum() * self.accelerator.num_processes / examples_in_step)
@@ -158,30 +173,72 @@ class Trainer:
             for key, value in metrics.items():
                 totals[key] += value.detach().float().sum()
             totals["tokens"] += sequence_token_count(batch)
-        grad_norm = None
-        if self.config.optim.max_grad_norm is not None:
-            trainable = [p for p in self.model.parameters() if p.requires_grad]
-            grad_norm = self.accelerator.clip_grad_norm_(trainable, self.config.optim.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        metrics = self._averaged(totals, examples_in_step)
+        metrics.update(self._update(metrics["loss"]))
         self.state.step += 1
-        metrics = self._averaged(totals, examples_in_step, grad_norm)
         self.state.tokens_seen += int(metrics["tokens_in_step"])
         metrics.update(tokens_seen=self.state.tokens_seen, lr=self.scheduler.get_last_lr()[0],
+                       nonfinite_skipped=self.state.nonfinite_skipped,
                        tokens_per_s=metrics["tokens_in_step"] / (time.perf_counter() - started))
         self._log(metrics)
         return metrics
 
-    def _averaged(self, totals: dict[str, torch.Tensor], examples_in_step: int,
-                  grad_norm: torch.Tensor | None) -> dict[str, float]:
-        """Per-example means over the whole step (all micro-batches and processes); tokens summed."""
-        summed = {key: self.accelerator.reduce(value, reduction="sum").item() for key, value in totals.items()}
+    def _idle_backward(self) -> None:
+        """A forward and backward that add nothing to the gradients, so this process still takes part in the
+        step's gradient synchronisation."""
+        batch = {key: value.to(self.accelerator.device) for key, value in self.source.filler().items()}
+        with self.accelerator.autocast():
+            output = self.scorer(**scorer_inputs(batch))
+        outputs = output if isinstance(output, tuple) else (output,)
+        self.accelerator.backward(sum(t.sum() for t in outputs) * 0.0)
+
+    def _update(self, loss: float) -> dict[str, float]:
+        """Clip, then the optimizer and scheduler step, guarded: a non-finite loss, gradient norm (before
+        clipping) or parameter after the update stops the run or skips the step (`on_nonfinite`)."""
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        max_norm = self.config.optim.max_grad_norm
+        norm = self.accelerator.clip_grad_norm_(trainable, max_norm if max_norm is not None else float("inf"))
+        grad_norm = torch.as_tensor(0.0 if norm is None else norm)  # None: DeepSpeed clips inside its engine
+        problem = "loss" if not finite(loss) else "gradients" if not finite(grad_norm) else None
+        if problem is None:
+            snapshot = UpdateSnapshot(trainable, self.optimizer) if self.config.on_nonfinite == "skip" else None
+            self.optimizer.step()
+            if not parameters_finite(trainable):
+                problem = "parameters after the update"
+                if snapshot is not None:
+                    snapshot.restore()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if problem is not None:
+            self._nonfinite(problem, loss, grad_norm)
+        return {} if max_norm is None else {"grad_norm": grad_norm.item()}
+
+    def _nonfinite(self, problem: str, loss: float, grad_norm: torch.Tensor) -> None:
+        step = self.state.step + 1
+        if self.config.on_nonfinite == "skip":
+            self.state.nonfinite_skipped += 1
+            log.warning("step %d: non-finite %s (NaN or inf; loss %s, gradient norm %s); step skipped, parameters "
+                        "unchanged (%d skipped so far)", step, problem, loss, grad_norm.item(),
+                        self.state.nonfinite_skipped)
+            return
+        checkpoint = latest_checkpoint(Path(self.config.output_dir))
+        raise NonFiniteError(
+            f"step {step}: non-finite {problem} (NaN or inf; loss {loss}, gradient norm {grad_norm.item()}); the run "
+            "stopped before saving anything of this step. The last checkpoint is "
+            f"{checkpoint if checkpoint is not None else 'none (none was written yet)'}, intact; if the run had "
+            "diverged before it (losses or gradient norms growing), start again with a lower optim.lr, else check "
+            "the data or set on_nonfinite=skip, then --resume")
+
+    def _averaged(self, totals: dict[str, torch.Tensor], examples_in_step: int) -> dict[str, float]:
+        """Per-example means over the whole step (all micro-batches and processes); tokens summed. A process
+        without examples in the step has no metrics of its own: every process reduces the union of the keys."""
+        keys = sorted(totals)
+        if self.accelerator.num_processes > 1:
+            keys = sorted(set().union(*gather_object([keys])))
+        summed = {key: self.accelerator.reduce(totals[key], reduction="sum").item() for key in keys}
         tokens = summed.pop("tokens")
         averaged = {key: value / examples_in_step for key, value in summed.items()}
         averaged["tokens_in_step"] = tokens
-        if grad_norm is not None:
-            averaged["grad_norm"] = grad_norm.item()
         return averaged
 
     def _log(self, metrics: dict[str, float]) -> None:
@@ -194,13 +251,13 @@ class Trainer:
             self.save()
 
     def save(self) -> None:
-        """A checkpoint of the current step (weights, optimizer, scheduler, RNG, objective state)."""
+        """A checkpoint of the current step (weights, optimizer, scheduler, RNG, objective state, config)."""
         if "state" in self.params:
             self.state.objective_state = self.params["state"].state_dict()
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             save_checkpoint(Path(self.config.output_dir), self.model, self.tokenizer, self.optimizer, self.scheduler,
-                            self.state, self.config.keep_checkpoints)
+                            self.state, self.config.keep_checkpoints, self.config_yaml)
         self.accelerator.wait_for_everyone()
 
     def finish(self, metrics: dict[str, float]) -> TrainResult:
@@ -214,3 +271,53 @@ class Trainer:
             save_model_atomically(self.accelerator.unwrap_model(self.scorer).model, self.tokenizer, final_dir)
         self.accelerator.wait_for_everyone()
         return TrainResult(output_dir=output_dir, final_dir=final_dir, steps=self.state.step, metrics=metrics)
+
+    def close(self) -> None:
+        """Close the metrics log and release the output folder (also after an error); idempotent."""
+        self.metrics_log.close()
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
+
+
+def _accelerator(config: TrainConfig) -> Accelerator:
+    if config.mixed_precision == "bf16":
+        warnings.warn("bf16 autocast: on the de-quantized SmolLM2 weights it gave spurious DPO rewards; "
+                      "prefer fp32 (mixed_precision=no) unless you have checked your model", stacklevel=4)
+    AcceleratorState._reset_state()  # each run sets its own precision; the process group is kept
+    # cpu=True on machines without an accelerator, so torchrun's processes form a gloo group.
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.accelerator.is_available())
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:  # UNTESTED (docs/scale-out.md)
+        if config.grad_accum != 1:
+            raise ConfigError("grad_accum must be 1 under DeepSpeed: its engine steps the optimizer at every backward")
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.batch_size
+    set_seed(config.seed)
+    return accelerator
+
+
+def _reference(config: TrainConfig, objective: Objective, policy: Policy, model: nn.Module,
+               examples: Sequence[TokenizedExample], collate, accelerator: Accelerator):
+    """(precomputed reference scores or None, the reference the loop reads or None)."""
+    if not objective.needs_reference:
+        return None, None
+    if not config.reference.precompute:
+        return None, online_reference(config, model, accelerator.device)
+    # Under the same autocast as training, so policy == reference scores the same at the first step.
+    with accelerator.main_process_first(), accelerator.autocast():
+        scores = precompute_reference(config, model, policy.tokenizer, examples, policy.fingerprint, collate,
+                                      accelerator.device)
+    return scores, precomputed_reference
+
+
+def _write_config(config: TrainConfig, checkpoint: Path | None, diff: dict, step: int, main: bool) -> str:
+    """config.yaml: the configuration in use, with one line for this start or resume under the earlier ones."""
+    path = Path(config.output_dir) / "config.yaml"
+    past = resumes.history(path.read_text()) if checkpoint is not None and path.exists() else []
+    event = (f"resumed at step {step} from {checkpoint.name}; {resumes.describe(diff)}" if checkpoint is not None
+             else "started at step 0")
+    text = resumes.config_text(config, past, event)
+    if main:
+        path.write_text(text)
+        if checkpoint is not None:
+            log.info("--resume from %s: %s", checkpoint.name, resumes.describe(diff))
+    return text

@@ -43,9 +43,7 @@ class BatchPlan:
     def _global_micro_batch(self, k: int) -> list[int]:
         epoch, j = divmod(k, self.micro_batches_per_epoch)
         order = _epoch_order(self.num_examples, self.seed, epoch)
-        chunk = order[j * self.global_batch:(j + 1) * self.global_batch]
-        # With several processes, a tail smaller than the process count is skipped so none sits idle.
-        return chunk if len(chunk) >= self.world_size else []
+        return order[j * self.global_batch:(j + 1) * self.global_batch]
 
     def _global_step(self, step: int) -> list[list[int]]:
         last = self.epochs * self.micro_batches_per_epoch if self.max_steps is None else None
@@ -54,7 +52,8 @@ class BatchPlan:
         return [chunk for chunk in chunks if chunk]
 
     def step_batches(self, step: int) -> list[list[int]]:
-        """This process's micro-batches (example indices) for optimizer step `step` (0-based)."""
+        """This process's micro-batches (example indices) for optimizer step `step` (0-based): as many on every
+        process; in a tail smaller than the process count, some of them are empty."""
         return [chunk[self.rank::self.world_size] for chunk in self._global_step(step)]
 
     def step_size(self, step: int) -> int:

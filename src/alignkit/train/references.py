@@ -113,7 +113,9 @@ def precompute_reference(config: TrainConfig, policy: nn.Module, tokenizer, exam
                   "overlong": config.data.overlong, "mixed_precision": config.mixed_precision},
     )
     cache = ReferenceLogpsCache(cache_root() / "reference_logps")
-    if config.reference.cache and (cached := cache.load(fingerprint)) is not None:
+    cache.clean_temporary()
+    shape = (len(examples), completions_per_example(examples))
+    if config.reference.cache and (cached := cache.load(fingerprint, shape)) is not None:
         log.info("reference log-probs: reused %s (reference model not loaded)", cache.path(fingerprint))
         return cached
     log.info("reference log-probs: computing for %d examples", len(examples))

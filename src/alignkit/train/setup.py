@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from alignkit.models.reference import weights_fingerprint
 from alignkit.models.reward_head import RewardScorer, load_reward_model
 from alignkit.objectives import Objective
 from alignkit.objectives.registry import Slots, logp_inputs, reward_inputs
-from alignkit.train.checkpoint import TrainingState, latest_checkpoint, load_checkpoint
+from alignkit.train.checkpoint import TrainingState, load_checkpoint
 from alignkit.train.config import ConfigError, TrainConfig
 from alignkit.train.references import Collate
 
@@ -55,16 +54,6 @@ def objective_params(objective: Objective, overrides: dict) -> dict:
     return {**objective.defaults, **overrides}
 
 
-def check_output_dir(config: TrainConfig, resume: bool, accelerator: Accelerator) -> None:
-    """A new run may not land on an old one unless asked (`overwrite=true`: its checkpoints are removed)."""
-    output_dir = Path(config.output_dir)
-    if not resume and not config.overwrite and latest_checkpoint(output_dir) is not None:
-        raise ConfigError(f"output_dir {output_dir} already holds a run; pass --resume to continue it, "
-                          "overwrite=true to start again there, or another output_dir")
-    if not resume and config.overwrite and accelerator.is_main_process:
-        shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
-
-
 def load_training_examples(config: TrainConfig, tokenizer, objective: Objective) -> list[TokenizedExample]:
     """Rows of `config.data.train` in the objective's data format, tokenized and fitted to the limits.
 
@@ -83,16 +72,22 @@ def load_training_examples(config: TrainConfig, tokenizer, objective: Objective)
     return examples
 
 
-def load_policy(config: TrainConfig, objective: Objective,
-                examples: Sequence[TokenizedExample] | None) -> tuple[Policy, list[TokenizedExample]]:
-    """The model to train with its scorer, chosen once by the objective's head, and the training examples
-    (`examples` when given; read and checked before the model is loaded). A causal LM is scored by completion
-    log-probs (`policy_{slot}_logps`, `{slot}_lengths`); a reward model (`head="reward"`, a k-output head,
-    k the scores per row) by the reward at each completion's last token (`{slot}_rewards`)."""
+def load_training_data(config: TrainConfig, objective: Objective,
+                       examples: Sequence[TokenizedExample] | None) -> tuple[Any, list[TokenizedExample]]:
+    """The tokenizer and the training examples (`examples` when given), read and checked before any model is
+    loaded."""
     if objective.head == "reward" and config.model.lora is not None:
         raise ConfigError(f"objective '{objective.name}' trains a reward head; LoRA is not supported for it yet")
     tokenizer = load_tokenizer(config.model.name_or_path)
     examples = list(examples) if examples is not None else load_training_examples(config, tokenizer, objective)
+    return tokenizer, examples
+
+
+def load_policy(config: TrainConfig, objective: Objective, tokenizer: Any,
+                examples: Sequence[TokenizedExample]) -> Policy:
+    """The model to train with its scorer, chosen once by the objective's head. A causal LM is scored by
+    completion log-probs (`policy_{slot}_logps`, `{slot}_lengths`); a reward model (`head="reward"`, a k-output
+    head, k the scores per row) by the reward at each completion's last token (`{slot}_rewards`)."""
     slots: Slots = examples[0].slots
     if objective.head == "reward":
         model = load_reward_model(config.model.name_or_path, num_labels=len(examples[0].scores) or 1).model
@@ -106,9 +101,9 @@ def load_policy(config: TrainConfig, objective: Objective,
         model = apply_lora(model, config)
     if objective.head == "reward":
         return Policy(model, tokenizer, RewardScorer(model), functools.partial(reward_inputs, objective, slots),
-                      fingerprint), examples
+                      fingerprint)
     return Policy(model, tokenizer, CompletionScorer(model, config.lm_head_chunk),
-                  lambda output: logp_inputs("policy", objective, slots, *output), fingerprint), examples
+                  lambda output: logp_inputs("policy", objective, slots, *output), fingerprint)
 
 
 def disable_dropout(model: nn.Module) -> None:
@@ -152,15 +147,10 @@ def build_optimizer(config: TrainConfig, trainable: list[nn.Parameter], total_st
     return optimizer, scheduler
 
 
-def resume_state(config: TrainConfig, resume: bool, model: nn.Module, optimizer, scheduler,
-                 objective_state: Any) -> TrainingState:
-    """Step 0, or (with `resume`) the state of the latest checkpoint, whose weights, optimizer, scheduler, RNG
-    and objective state are loaded into the given objects."""
-    output_dir = Path(config.output_dir)
-    checkpoint = latest_checkpoint(output_dir) if resume else None
+def restore(checkpoint: Path | None, model: nn.Module, optimizer, scheduler, objective_state: Any) -> TrainingState:
+    """Step 0, or the state of `checkpoint`, whose weights, optimizer, scheduler, RNG and objective state are
+    loaded into the given objects."""
     if checkpoint is None:
-        if resume:
-            log.warning("--resume: no checkpoint in %s; starting from step 0", output_dir)
         return TrainingState(step=0)
     state = load_checkpoint(checkpoint, model, optimizer, scheduler)
     if objective_state is not None:

@@ -35,11 +35,16 @@ class DataSource(Protocol):
     def total_steps(self) -> int:
         """Optimizer steps of the run."""
 
-    def micro_batches(self, step: int) -> list[Batch]:
-        """This process's micro-batches of optimizer step `step` (0-based), collated, on the CPU."""
+    def micro_batches(self, step: int) -> list[Batch | None]:
+        """This process's micro-batches of optimizer step `step` (0-based), collated, on the CPU; the same
+        number on every process, None where this process has no example (a ragged tail)."""
 
     def examples_in_step(self, step: int) -> int:
         """Examples in optimizer step `step` over all processes."""
+
+    def filler(self) -> Batch:
+        """Any valid batch, for a process with no example to run a forward and backward that adds nothing (so
+        it still takes part in the gradient synchronisation)."""
 
 
 @dataclass
@@ -60,9 +65,12 @@ class FixedDataset:
     def total_steps(self) -> int:
         return self.plan.total_steps
 
-    def micro_batches(self, step: int) -> list[Batch]:
-        batches = []
+    def micro_batches(self, step: int) -> list[Batch | None]:
+        batches: list[Batch | None] = []
         for indices in self.plan.step_batches(step):
+            if not indices:
+                batches.append(None)
+                continue
             batch = self.collate([self.examples[i] for i in indices])
             if self.reference is not None:
                 batch["reference_sums"] = self.reference["sums"][indices]
@@ -72,3 +80,6 @@ class FixedDataset:
 
     def examples_in_step(self, step: int) -> int:
         return self.plan.step_size(step)
+
+    def filler(self) -> Batch:
+        return self.collate([self.examples[0]])
