@@ -8,7 +8,8 @@ import pytest
 import torch
 from conftest import tiny_llama
 
-from alignkit.data import DataError, collate_rows, collate_shared_prefix, load_examples, tokenize_examples
+from alignkit.data import (DataError, FORMAT_FIELDS, collate_rows, collate_shared_prefix, load_examples,
+                           tokenize_examples)
 from alignkit.models.logprobs import CompletionScorer, grouped_logps
 
 
@@ -116,3 +117,89 @@ def test_joint_examples_score_each_answer_under_its_own_prompt(smol_tokenizer, l
             expected = logps[len(prompt) - 1:, :].gather(1, ids[0, len(prompt):, None]).sum()
             got = (chosen, rejected)[k].sum[b]
             assert got.item() == pytest.approx(expected.item(), abs=1e-4)
+
+
+def row_of(data_format, prompt, good, bad):
+    """A valid row of `data_format` from one prompt and two different completions."""
+    return {
+        "preference": {"prompt": prompt, "chosen": good, "rejected": bad},
+        "joint": {"prompt_chosen": prompt, "chosen": good, "prompt_rejected": prompt, "rejected": bad},
+        "unpaired": {"prompt": prompt, "completion": good, "label": True},
+        "negative": {"prompt": prompt, "rejected": bad},
+        "list": {"prompt": prompt, "chosen": good, "rejected": [bad, bad]},
+        "ranked": {"prompt": prompt, "completions": [good, bad]},
+        "samples": {"prompt": prompt, "samples": [good, bad], "rejected": bad},
+        "sft": {"prompt": prompt, "completion": good},
+    }[data_format]
+
+
+@pytest.mark.parametrize("data_format", list(FORMAT_FIELDS))
+def test_standard_and_conversational_rows_do_not_mix_in_one_source(tmp_path, data_format):
+    text = row_of(data_format, "Q", "A", "B")
+    chat = row_of(data_format, msgs("user", "Q"), msgs("assistant", "A"), msgs("assistant", "B"))
+    assert len(load_examples([text, text], data_format)) == 2
+    assert len(load_examples([chat, chat], data_format)) == 2
+    with pytest.raises(DataError, match=r"^m\.jsonl, line 3: a conversational row .* m\.jsonl, line 1"):
+        load_examples(write(tmp_path / "m.jsonl", [text, text, chat, text]), data_format)
+    with pytest.raises(DataError, match=r"^dataset, row 2: a standard row .* dataset, row 1"):
+        load_examples([chat, text], data_format)
+
+
+@pytest.mark.parametrize("role", ["wizard", "User", "", "function"])
+def test_unknown_message_roles_name_the_field_and_message(role):
+    prompt = msgs("system", "Be brief.") + msgs(role, "Q")
+    with pytest.raises(DataError, match=rf"^dataset, row 1, field 'prompt': message 2 has an unknown role '{role}'"):
+        load_examples([{"prompt": prompt, "completion": msgs("assistant", "A")}], "sft")
+    completion = msgs("assistant", "A") + msgs(role, "B")
+    with pytest.raises(DataError, match=r"^dataset, row 1, field 'completion': message 2 has an unknown role"):
+        load_examples([{"prompt": msgs("user", "Q"), "completion": completion}], "sft")
+
+
+def test_the_four_roles_are_accepted():
+    prompt = (msgs("system", "S") + msgs("user", "Q") + msgs("assistant", "call") + msgs("tool", "42")
+              + msgs("user", "So?"))
+    example, = load_examples([{"prompt": prompt, "completion": msgs("assistant", "42.")}], "sft")
+    assert [message["role"] for message in example.prompt] == ["system", "user", "assistant", "tool", "user"]
+
+
+def test_non_finite_and_overflowing_scores_name_the_field(tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"prompt": "Q", "completion": "A", "scores": NaN}\n'
+                    '{"prompt": "Q", "completion": "A", "scores": [1, Infinity]}\n'
+                    '{"prompt": "Q", "completion": "A", "scores": -Infinity}\n'
+                    '{"prompt": "Q", "completion": "A", "scores": 1' + "0" * 400 + '}\n')
+    with pytest.raises(DataError) as caught:
+        load_examples(path, "sft")
+    assert caught.value.problems == ("s.jsonl, line 1, field 'scores[1]': expected a finite number, got nan",
+                                     "s.jsonl, line 2, field 'scores[2]': expected a finite number, got inf",
+                                     "s.jsonl, line 3, field 'scores[1]': expected a finite number, got -inf",
+                                     "s.jsonl, line 4, field 'scores[1]': expected a finite number, got 1000"
+                                     "00000000000000000000000000000000000000000000000000000...")
+    csv_path = tmp_path / "s.csv"
+    csv_path.write_text("prompt,completion,scores\nQ,A,1.5\nQ,A,nan\nQ,A,-inf\n")
+    with pytest.raises(DataError) as caught:
+        load_examples(csv_path, "sft")
+    assert caught.value.problems == ("s.csv, line 3, field 'scores[1]': expected a finite number, got 'nan'",
+                                     "s.csv, line 4, field 'scores[1]': expected a finite number, got '-inf'")
+    with pytest.raises(DataError, match=r"^dataset, row 1, field 'scores\[1\]': expected a finite number"):
+        load_examples([{"prompt": "Q", "completion": "A", "scores": 10 ** 5000}], "sft")
+
+
+def test_csv_true_false_labels_are_booleans(tmp_path):
+    path = tmp_path / "u.csv"
+    path.write_text("prompt,completion,label\nQ,A,true\nQ,B,FALSE\nQ,C,True\nQ,D,false\n")
+    assert [example.label for example in load_examples(path, "unpaired")] == [1.0, 0.0, 1.0, 0.0]
+    path.write_text("prompt,completion,label\nQ,A,1\nQ,B,yes\nQ,C, true\n")
+    with pytest.raises(DataError) as caught:
+        load_examples(path, "unpaired")
+    assert [problem.split(":")[0] for problem in caught.value.problems] == [
+        "u.csv, line 2, field 'label'", "u.csv, line 3, field 'label'", "u.csv, line 4, field 'label'"]
+    for label in (1, 0, 1.0):
+        with pytest.raises(DataError, match="field 'label': expected true or false"):
+            load_examples([{"prompt": "Q", "completion": "A", "label": label}], "unpaired")
+
+
+def test_kl_slot_with_one_row_names_the_file(tmp_path):
+    path = write(tmp_path / "one.jsonl", [{"prompt": "Q", "completion": "A", "label": True}])
+    with pytest.raises(DataError, match=r"^one\.jsonl, line 1: the kl slot needs at least two rows"):
+        load_examples(path, "unpaired", with_kl=True)

@@ -161,6 +161,12 @@ BAD_ROWS = [
     ({"chosen": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
       "rejected": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "c"}]},
      "chosen", "must go on with an assistant message"),
+    ({"prompt": "p", "chosen": "same", "rejected": "same"}, "rejected", "identical to 'chosen'"),
+    ({"prompt": [{"role": "user", "content": "q"}], "chosen": MESSAGES, "rejected": MESSAGES},
+     "rejected", "identical to 'chosen'"),
+    ({"prompt": [{"role": "wizard", "content": "q"}], "chosen": MESSAGES,
+      "rejected": [{"role": "assistant", "content": "y"}]}, "prompt", "message 1 has an unknown role 'wizard'"),
+    ({"prompt": "p\ud800", "chosen": "a", "rejected": "b"}, "prompt", "lone surrogate"),
 ]
 
 
@@ -232,4 +238,109 @@ def test_other_source_errors(tmp_path):
         load_records(tmp_path / "list.jsonl")
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(DataError, match="no rows"):
+        load_examples(tmp_path / "empty.jsonl", "preference")
+
+
+def write_lines(path, *lines):
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+GOOD_LINE = json.dumps(GOOD)
+
+
+def test_too_long_integer_names_file_line_and_field(tmp_path):
+    digits = "1" * 5000
+    path = write_lines(tmp_path / "big.jsonl", GOOD_LINE, GOOD_LINE[:-1] + f', "id": {digits}}}')
+    with pytest.raises(DataError, match=r"^big\.jsonl, line 2, field 'id': an integer of 5000 digits"):
+        load_records(path)
+    path = write_lines(tmp_path / "big.json", "[", GOOD_LINE + ",", GOOD_LINE[:-1] + f', "id": [{digits}]}}', "]")
+    with pytest.raises(DataError, match=r"^big\.json, row 2, field 'id\[1\]': an integer of 5000 digits"):
+        load_records(path)
+
+
+def test_deep_nesting_names_file_and_line(tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    path = write_lines(tmp_path / "deep.jsonl", GOOD_LINE, f'{{"x": {deep}}}', GOOD_LINE[:-1] + ', "x": [[[1]]]}')
+    with pytest.raises(DataError, match=r"^deep\.jsonl, line 2: nested more than 100 levels deep$"):
+        load_records(path)
+    path = write_lines(tmp_path / "deep.json", "[", GOOD_LINE + ",", f'{{"x": {deep}}}', "]")
+    with pytest.raises(DataError, match=r"^deep\.json, line 3: nested more than 100 levels deep$"):
+        load_records(path)
+    nested: list = []
+    for _ in range(150):
+        nested = [nested]
+    with pytest.raises(DataError, match=r"^dataset, row 2, field 'x': nested more than 100 levels deep$"):
+        load_records([GOOD, {**GOOD, "x": nested}])
+
+
+def test_lone_surrogate_names_file_line_and_field(tmp_path):
+    path = write_lines(tmp_path / "s.jsonl", GOOD_LINE, '{"prompt": "p", "chosen": "a\\udfff", "rejected": "b"}')
+    with pytest.raises(DataError, match=r"^s\.jsonl, line 2, field 'chosen': lone surrogate '\\udfff'"):
+        load_examples(path, "preference")
+    chat = {"prompt": [{"role": "user", "content": "q\ud800"}], "chosen": MESSAGES,
+            "rejected": [{"role": "assistant", "content": "y"}]}
+    with pytest.raises(DataError, match=r"^dataset, row 1, field 'prompt\[1\]\.content': lone surrogate"):
+        load_examples([chat], "preference")
+    with pytest.raises(DataError, match=r"^dataset, row 1, field '\\ud800': lone surrogate"):
+        load_records([{"\ud800": "key"}])
+
+
+def test_unterminated_csv_quote_names_the_line_where_the_record_starts(tmp_path):
+    path = tmp_path / "q.csv"
+    path.write_text('prompt,chosen,rejected\np,a,b\np,a,"b\np2,a2,b2\np3,a3,b3\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"^q\.csv, line 3: malformed CSV \(unexpected end of data"):
+        load_records(path)
+    path.write_text('prompt,chosen,rejected\np,"a"b,c\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"^q\.csv, line 2: malformed CSV"):
+        load_records(path)
+
+
+def test_duplicate_csv_column_names_the_column(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("prompt,chosen,prompt,rejected\np,a,q,b\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"^d\.csv, line 1: the header names column 'prompt' twice"):
+        load_records(path)
+
+
+def test_duplicate_json_keys_name_file_line_and_key(tmp_path):
+    line = '{"prompt": "p", "chosen": "a", "chosen": "c", "rejected": "b"}'
+    path = write_lines(tmp_path / "d.jsonl", GOOD_LINE, line)
+    with pytest.raises(DataError, match=r"^d\.jsonl, line 2: duplicate key 'chosen'"):
+        load_records(path)
+    path = write_lines(tmp_path / "d.json", "[", GOOD_LINE + ",", line, "]")
+    with pytest.raises(DataError, match=r"^d\.json, row 2: duplicate key 'chosen'"):
+        load_records(path)
+    nested = '{"prompt": [{"role": "user", "role": "system", "content": "q"}], "chosen": "a", "rejected": "b"}'
+    with pytest.raises(DataError, match=r"^d\.jsonl, line 1, field 'prompt\[1\]': duplicate key 'role'"):
+        load_records(write_lines(tmp_path / "d.jsonl", nested))
+    path = write_lines(tmp_path / "wrapped.json", '{"data": [' + GOOD_LINE + '], "data": []}')
+    with pytest.raises(DataError, match=r"^wrapped\.json: expected a JSON list of objects"):
+        load_records(path)
+
+
+def test_symlink_loop_is_reported_as_such(tmp_path):
+    loop = tmp_path / "loop.jsonl"
+    loop.symlink_to(loop)
+    with pytest.raises(DataError, match=r"loop\.jsonl: a symlink loop"):
+        load_records(loop)
+    dangling = tmp_path / "dangling.jsonl"
+    dangling.symlink_to(tmp_path / "gone.jsonl")
+    with pytest.raises(DataError, match=r"dangling\.jsonl: a symlink to a missing target"):
+        load_records(dangling)
+
+
+def test_malformed_json_on_stdin_names_the_line(monkeypatch):
+    import io
+
+    from alignkit.data.records import load_prompt_records
+
+    monkeypatch.setattr("sys.stdin", io.StringIO('{"prompt": "a"}\n\n{"prompt": \n'))
+    with pytest.raises(DataError, match=r"^stdin, line 3: malformed JSON"):
+        load_prompt_records("-")
+
+
+def test_empty_path_source_names_the_file(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DataError, match=r"empty\.jsonl: no rows$"):
         load_examples(tmp_path / "empty.jsonl", "preference")

@@ -193,7 +193,8 @@ def test_collate_layout_and_masks():
 
 
 def test_collate_real_pairs(smol_tokenizer):
-    pairs, _ = tokenize_examples(load_examples(CONVERSATIONS + TEXTS, "preference"), smol_tokenizer, TruncationConfig())
+    examples = load_examples(CONVERSATIONS, "preference") + load_examples(TEXTS, "preference")  # one kind per load
+    pairs, _ = tokenize_examples(examples, smol_tokenizer, TruncationConfig())
     pad = smol_tokenizer.pad_token_id
     batch = collate_rows(pairs, pad_token_id=pad)
     count = len(pairs)

@@ -18,11 +18,13 @@ An objective declares one format (see `alignkit.objectives.registry.FORMATS`); i
 * ``samples``: ``prompt``, ``rejected``, ``samples`` (K completions, e.g. from `alignkit sample`);
 * ``sft``: ``prompt``, ``completion`` and optionally ``scores`` (a number or a list of numbers).
 
-Every list slot must have the same length in every row of a dataset (so a batch is rectangular).
+Every list slot must have the same length in every row of a dataset (so a batch is rectangular), and the
+rows of one source must all be standard (strings) or all conversational (message lists).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from alignkit.data.errors import DataError
@@ -44,6 +46,7 @@ FORMAT_FIELDS = {
 }
 PAIR_SLOTS = (("chosen", 1), ("rejected", 1))
 COMPLETION_SLOT = (("completion", 1),)
+ROW_KINDS = {False: ("standard", "strings"), True: ("conversational", "message lists")}  # by Example.conversational
 Slots = tuple[tuple[str, int], ...]
 
 
@@ -100,12 +103,26 @@ def load_examples(source: Source, data_format: str, *, with_kl: bool = False) ->
         raise ValueError(f"unknown data format {data_format!r}; known: {', '.join(READERS)}")
     records = load_records(source)
     if not records:
-        raise DataError(f"{source if isinstance(source, str) else 'dataset'}: no rows")
+        raise DataError(f"{os.fspath(source) if isinstance(source, (str, os.PathLike)) else 'dataset'}: no rows")
     examples = collect(records, READERS[data_format])
+    _check_one_kind(examples)
     _check_rectangular(examples)
     if with_kl:
         examples = _with_mismatched_completions(examples)
     return examples
+
+
+def _check_one_kind(examples: list[Example]) -> None:
+    """All rows standard or all conversational: a source mixing the two is an error at its first row of the
+    other kind."""
+    first = examples[0]
+    for example in examples:
+        if example.conversational != first.conversational:
+            (kind_name, parts), (first_name, first_parts) = (ROW_KINDS[example.conversational],
+                                                             ROW_KINDS[first.conversational])
+            raise DataError(f"{example.where}: a {kind_name} row ({parts}), but the rows before it, from "
+                            f"{first.where} on, are {first_name} ({first_parts}); one source must be all "
+                            "standard or all conversational")
 
 
 def _check_rectangular(examples: list[Example]) -> None:
@@ -121,7 +138,8 @@ def _check_rectangular(examples: list[Example]) -> None:
 
 def _with_mismatched_completions(examples: list[Example]) -> list[Example]:
     if len(examples) < 2:
-        raise DataError("the kl slot needs at least two rows (a row's prompt with another row's completion)")
+        raise DataError(f"{examples[0].where}: the kl slot needs at least two rows (a row's prompt with another "
+                        "row's completion), and this is the only one")
     out = []
     for i, example in enumerate(examples):
         (prompt, (completion,)), = example.groups
@@ -152,6 +170,8 @@ def _read_preference(record: Record) -> Example:
         prompt, chosen, rejected = data["prompt"], data["chosen"], data["rejected"]
         if conversational and not prompt:
             raise RowProblem("prompt", "empty prompt (no messages)")
+        if chosen == rejected:
+            raise RowProblem("rejected", "identical to 'chosen'")
     elif conversational:
         prompt, chosen, rejected = _split_messages(data["chosen"], data["rejected"])
     else:

@@ -16,11 +16,16 @@ Supported sources:
 `load_prompt_records` also reads prompts from a ``.txt`` file or stdin, one per line.
 
 Lines and rows are numbered from 1. Text files must be UTF-8 (a leading byte-order mark is allowed).
+Every row is checked as it is read: a JSON object naming a key twice, an integer too long to convert, a
+lone surrogate in a string or key (not valid Unicode), or values nested more than `MAX_DEPTH` levels deep
+is an error naming file, line or row, and field (see `alignkit.data.values`); so is a CSV header
+naming a column twice.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -30,12 +35,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from alignkit.data.errors import DataError, raise_if_any
+from alignkit.data.values import TOO_DEEP, DuplicateKeys, first_repeated, parse_json, row_problem, too_deep_line
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
 SPLIT_SEPARATOR = "::"
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+JSON_WHITESPACE = " \t\r\n"  # a JSON line of nothing else is blank
 
 Source = Union[str, os.PathLike, "Dataset", list]
 
@@ -67,7 +74,7 @@ def load_records(source: Source) -> list[Record]:
     if split:
         raise DataError(f"{path.name}: '{SPLIT_SEPARATOR}split' only applies to a saved dataset folder")
     if not path.is_file():
-        raise DataError(f"{path}: no such file or folder")
+        raise _not_a_file(path)
     suffix = path.suffix.lower()
     readers = {".jsonl": _read_jsonl, ".json": _read_json, ".parquet": _read_parquet, ".csv": _read_csv}
     if suffix not in readers:
@@ -76,15 +83,30 @@ def load_records(source: Source) -> list[Record]:
     return readers[suffix](path)
 
 
+def _not_a_file(path: Path) -> DataError:
+    """Why `path`, neither a file nor a folder, cannot be read: missing, a symlink loop, a dangling link."""
+    try:
+        path.stat()
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return DataError(f"{path}: a symlink loop (following its links leads back to a link already followed)")
+        if path.is_symlink():
+            return DataError(f"{path}: a symlink to a missing target")
+        return DataError(f"{path}: no such file or folder")
+    return DataError(f"{path}: not a regular file or folder")
+
+
 def _from_rows(rows: Iterable[Any], name: str) -> list[Record]:
     """Records for already-parsed rows, numbered from 1; a row that is not a mapping is an error."""
     records, problems = [], []
     for number, row in enumerate(rows, start=1):
         where = f"{name}, row {number}"
-        if isinstance(row, Mapping):
-            records.append(Record(dict(row), where))
-        else:
+        if not isinstance(row, Mapping):
             problems.append(f"{where}: expected an object with named fields, got {type(row).__name__}")
+        elif (problem := row_problem(row)) is not None:
+            problems.append(f"{where}{problem}")
+        else:
+            records.append(Record(dict(row), where))
     raise_if_any(problems)
     return records
 
@@ -124,10 +146,17 @@ def _from_saved_dataset(folder: Path, split: str | None) -> list[Record]:
     return _from_rows(iter(loaded), name)
 
 
-def _decode_lines(path: Path) -> tuple[list[str | None], list[str]]:
-    """The file's lines (newline characters kept) decoded strictly as UTF-8 (None for a line that is
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes; an unreadable file is a DataError."""
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror or error})") from error
+
+
+def _decode_lines(raw: bytes, name: str) -> tuple[list[str | None], list[str]]:
+    """The lines of `raw` (newline characters kept) decoded strictly as UTF-8 (None for a line that is
     not valid UTF-8), and one problem per such line. Lines end at ``\\n``, ``\\r\\n`` or ``\\r``."""
-    raw = path.read_bytes()
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     lines, problems = [], []
@@ -135,41 +164,62 @@ def _decode_lines(path: Path) -> tuple[list[str | None], list[str]]:
         try:
             lines.append(line.decode("utf-8"))
         except UnicodeDecodeError as error:
-            problems.append(f"{path.name}, line {number}: invalid UTF-8 (byte {error.start + 1} of the line)")
+            problems.append(f"{name}, line {number}: invalid UTF-8 (byte {error.start + 1} of the line)")
             lines.append(None)
     return lines, problems
 
 
+def _file_lines(path: Path) -> tuple[list[str | None], list[str]]:
+    """`_decode_lines` of the file at `path`."""
+    return _decode_lines(_read_bytes(path), path.name)
+
+
 def _read_jsonl(path: Path) -> list[Record]:
     """One JSON object per line; blank lines skipped; all bad lines reported together."""
-    lines, problems = _decode_lines(path)
+    lines, problems = _file_lines(path)
+    records = _json_lines(lines, path.name, problems)
+    raise_if_any(problems, "lines")
+    return records
+
+
+def _json_lines(lines: list[str | None], name: str, problems: list[str]) -> list[Record]:
+    """A record per JSON line (skipping blank and undecodable ones); each bad line's problem is appended to
+    `problems`."""
     records = []
     for number, line in enumerate(lines, start=1):
-        if line is None or not line.strip():
+        if line is None or not line.strip(JSON_WHITESPACE):
             continue
-        where = f"{path.name}, line {number}"
+        where = f"{name}, line {number}"
         try:
-            row = json.loads(line)
+            row = parse_json(line)
         except json.JSONDecodeError as error:
             problems.append(f"{where}: malformed JSON ({error.msg} at column {error.colno})")
             continue
-        if isinstance(row, dict):
-            records.append(Record(row, where))
-        else:
+        except RecursionError:
+            problems.append(f"{where}: {TOO_DEEP}")
+            continue
+        if not isinstance(row, dict):
             problems.append(f"{where}: expected a JSON object, got {type(row).__name__}")
-    raise_if_any(problems, "lines")
+        elif (problem := row_problem(row)) is not None:
+            problems.append(f"{where}{problem}")
+        else:
+            records.append(Record(dict(row), where))
     return records
 
 
 def _read_json(path: Path) -> list[Record]:
     """A JSON list of objects, or an object whose single value is that list."""
-    lines, problems = _decode_lines(path)
+    lines, problems = _file_lines(path)
     raise_if_any(problems, "lines")
+    text = "".join(lines)
     try:
-        document = json.loads("".join(lines))
+        document = parse_json(text)
     except json.JSONDecodeError as error:
         raise DataError(f"{path.name}, line {error.lineno}: malformed JSON ({error.msg} at column {error.colno})")
-    if isinstance(document, dict) and len(document) == 1 and isinstance(next(iter(document.values())), list):
+    except RecursionError:
+        raise DataError(f"{path.name}, line {too_deep_line(text)}: {TOO_DEEP}")
+    if (isinstance(document, dict) and not isinstance(document, DuplicateKeys) and len(document) == 1
+            and isinstance(next(iter(document.values())), list)):
         document = next(iter(document.values()))
     if not isinstance(document, list):
         raise DataError(f"{path.name}: expected a JSON list of objects (or an object holding one list)")
@@ -182,21 +232,22 @@ def _read_parquet(path: Path) -> list[Record]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        rows = pq.read_table(path).to_pylist()
     except (pa.ArrowException, OSError) as error:
         raise DataError(f"{path.name}: cannot read as Parquet ({error})") from error
-    return _from_rows(table.to_pylist(), path.name)
+    return _from_rows(rows, path.name)
 
 
 def _read_csv(path: Path) -> list[Record]:
-    """A header line, then records parsed by the csv module; every cell stays a string.
+    """A header line, then records parsed strictly by the csv module; every cell stays a string.
 
-    A record with more cells than the header is an error; a record with fewer simply lacks the
-    trailing fields. Blank lines are skipped.
+    A header naming a column twice, a malformed quote (a quoted cell never closed, or text after its
+    closing quote) and a record with more cells than the header are errors; a record with fewer simply
+    lacks the trailing fields. Blank lines are skipped.
     """
-    lines, problems = _decode_lines(path)
+    lines, problems = _file_lines(path)
     raise_if_any(problems, "lines")
-    reader = csv.reader(io.StringIO("".join(lines), newline=""))
+    reader = csv.reader(io.StringIO("".join(lines), newline=""), strict=True)
     header: list[str] | None = None
     records = []
     previous_line = 0
@@ -210,10 +261,10 @@ def _read_csv(path: Path) -> list[Record]:
         start, previous_line = previous_line + 1, reader.line_num
         if not row:
             continue
-        if header is None:
-            header = row
-            continue
         where = f"{path.name}, line {start}"
+        if header is None:
+            header = _csv_header(row, where)
+            continue
         if len(row) > len(header):
             problems.append(f"{where}: {len(row)} cells but the header names {len(header)} columns")
             continue
@@ -222,19 +273,33 @@ def _read_csv(path: Path) -> list[Record]:
     return records
 
 
+def _csv_header(row: list[str], where: str) -> list[str]:
+    """The column names of a CSV header; a name given twice is an error (its cells would overwrite each
+    other's). Unnamed columns (empty header cells) may repeat."""
+    repeated = first_repeated([name for name in row if name])
+    if repeated is not None:
+        raise DataError(f"{where}: the header names column '{repeated}' twice")
+    return row
+
+
 def load_prompt_records(source: str, field: str = "prompt") -> list[Record]:
     """Rows holding prompts: any source of `load_records`, a ``.txt`` file (one prompt per line, as
-    ``{field: line}``; ``"name.txt, line N"``) or ``-`` for stdin (JSON lines if the first line starts with
-    "{", else one prompt per line; ``"stdin line N"``). Blank lines are skipped."""
+    ``{field: line}``; ``"name.txt, line N"``) or ``-`` for stdin (JSON lines, ``"stdin, line N"``, if
+    the first line that is not blank starts with "{"; else one prompt per line, ``"stdin line N"``).
+    Blank lines are skipped."""
     if source == "-":
         import sys
 
-        lines = [line for line in sys.stdin.read().splitlines() if line.strip()]
-        if lines and lines[0].lstrip().startswith("{"):
-            return _from_rows([json.loads(line) for line in lines], "stdin")
+        text = sys.stdin.read()
+        if text.lstrip().startswith("{"):
+            lines, problems = _decode_lines(text.encode("utf-8", "surrogatepass"), "stdin")
+            records = _json_lines(lines, "stdin", problems)
+            raise_if_any(problems, "lines")
+            return records
+        lines = [line for line in text.splitlines() if line.strip()]
         return [Record({field: line}, f"stdin line {i}") for i, line in enumerate(lines, 1)]
     if str(source).endswith(".txt"):
-        lines, problems = _decode_lines(Path(source))
+        lines, problems = _file_lines(Path(source))
         raise_if_any(problems, "lines")
         return [Record({field: line.rstrip("\r\n")}, f"{Path(source).name}, line {i}")
                 for i, line in enumerate(lines, 1) if line.strip()]

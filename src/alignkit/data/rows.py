@@ -19,6 +19,8 @@ from alignkit.data.records import Record
 
 T = TypeVar("T")
 KIND_NAMES = {"text": "a string", "messages": "a list of messages"}
+ROLES = ("system", "user", "assistant", "tool")
+SHOWN_LENGTH = 60  # characters of a bad value that an error message quotes
 
 
 class RowProblem(Exception):
@@ -48,8 +50,18 @@ def collect(rows: Iterable[R], read: Callable[[R], T]) -> list[T]:
     return results
 
 
+def shown(value: Any) -> str:
+    """`repr(value)` for an error message, cut to SHOWN_LENGTH characters."""
+    try:
+        text = repr(value)
+    except ValueError:  # holds an int past Python's int-to-string conversion limit
+        return f"a value too large to show ({type(value).__name__})"
+    return text if len(text) <= SHOWN_LENGTH else text[:SHOWN_LENGTH - 3] + "..."
+
+
 def kind(value: Any, field: str) -> str:
-    """``"text"`` for a string, ``"messages"`` for a valid message list; anything else is a RowProblem."""
+    """``"text"`` for a string, ``"messages"`` for a valid message list (each message an object with a
+    string 'role', one of ROLES, and a string 'content'); anything else is a RowProblem."""
     if isinstance(value, str):
         return "text"
     if not isinstance(value, list):
@@ -64,6 +76,9 @@ def kind(value: Any, field: str) -> str:
             if not isinstance(message[key], str):
                 raise RowProblem(field, f"message {number} '{key}' must be a string, "
                                         f"got {type(message[key]).__name__}")
+        if message["role"] not in ROLES:
+            raise RowProblem(field, f"message {number} has an unknown role {shown(message['role'])}; "
+                                    f"expected one of {', '.join(ROLES)}")
     return "messages"
 
 
@@ -136,21 +151,26 @@ def number(value: Any, name: str) -> float:
     if value is None:
         raise RowProblem(name, "missing")
     if isinstance(value, bool):
-        raise RowProblem(name, f"expected a number, got {value!r}")
+        raise RowProblem(name, f"expected a number, got {shown(value)}")
     try:
         result = float(value)
     except (TypeError, ValueError):
-        raise RowProblem(name, f"expected a number, got {value!r}") from None
+        raise RowProblem(name, f"expected a number, got {shown(value)}") from None
+    except OverflowError:  # an int beyond the float range
+        result = math.inf
     if not math.isfinite(result):
-        raise RowProblem(name, f"expected a finite number, got {value!r}")
+        raise RowProblem(name, f"expected a finite number, got {shown(value)}")
     return result
 
 
 def label_field(data: dict, name: str = "label") -> bool:
-    """A boolean label (true = desirable) from field `name`."""
+    """A boolean label (true = desirable) from field `name`: a boolean, or the string "true" or "false" in
+    any case (as a CSV cell holds it); numbers such as 1 and 0 are not labels."""
     label = required(data, name)
+    if isinstance(label, str) and label.lower() in ("true", "false"):
+        return label.lower() == "true"
     if not isinstance(label, bool):
-        raise RowProblem(name, f"expected true or false, got {label!r}")
+        raise RowProblem(name, f"expected true or false, got {shown(label)}")
     return label
 
 
