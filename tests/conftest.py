@@ -50,6 +50,18 @@ def tiny_llama(vocab_size: int = 128, seed: int = 0, **overrides) -> LlamaForCau
     return LlamaForCausalLM(config).float().eval()
 
 
+def write_pairs(path: Path, n: int = 8) -> Path:
+    """Conversational preference rows of different lengths (so batches need padding), as JSONL at `path`."""
+    import json
+
+    rows = [{"prompt": [{"role": "user", "content": f"Tell me about the number {i}" + " please" * (i % 3)}],
+             "chosen": [{"role": "assistant", "content": f"{i} is a fine number." + " Indeed." * (i % 4)}],
+             "rejected": [{"role": "assistant", "content": f"No. I will not discuss {i}" + "!" * (i % 5)}]}
+            for i in range(n)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
 @pytest.fixture()
 def one_thread():
     """One intra-op thread for the test (restored after): many tiny forwards run much faster without thread

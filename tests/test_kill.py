@@ -15,14 +15,8 @@ import time
 from pathlib import Path
 
 import torch
+from conftest import write_pairs
 from safetensors.torch import load_file
-
-
-def write_pairs(path: Path, n: int = 8) -> Path:
-    rows = [{"prompt": f"Question {i}" + " please" * (i % 3), "chosen": f" Answer {i}." + " Yes." * (i % 2),
-             "rejected": f" No{'!' * (i % 4)}"} for i in range(n)]
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
 
 
 def launch(arguments: list[str], cache: Path) -> tuple[subprocess.Popen, list[str]]:

@@ -12,16 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_pairs
 from safetensors.torch import load_file
 
 from alignkit.train import load_config, train
-
-
-def write_pairs(path: Path, n: int) -> Path:
-    rows = [{"prompt": f"Question {i}" + " please" * (i % 3), "chosen": f" Answer {i}." + " Yes." * (i % 2),
-             "rejected": f" No{'!' * (i % 4)}"} for i in range(n)]
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
 
 
 # (processes, batch per process, accumulation): 5 rows, so every layout ends in a ragged tail

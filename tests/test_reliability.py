@@ -11,20 +11,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import write_pairs
+
 from alignkit.cli.main import main, parse
 from alignkit.train import Trainer, load_config, train
 from alignkit.train.checkpoint import MANIFEST, latest_checkpoint
 from alignkit.train.config import ConfigError
 from alignkit.train.guard import NonFiniteError
 from alignkit.train.rundir import LOCK, MARKER
-
-
-def write_pairs(path, n=8):
-    rows = [{"prompt": [{"role": "user", "content": f"Tell me about {i}" + " please" * (i % 3)}],
-             "chosen": [{"role": "assistant", "content": f"{i} is fine." + " Indeed." * (i % 4)}],
-             "rejected": [{"role": "assistant", "content": f"No {i}" + "!" * (i % 5)}]} for i in range(n)]
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
 
 
 @pytest.fixture(autouse=True)

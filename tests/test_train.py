@@ -10,22 +10,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from conftest import write_pairs
+
 from alignkit.train import loop as train_loop
 from alignkit.train.config import ConfigError, load_config
 from alignkit.train.loop import train
-
-
-def write_pairs(path, n=8):
-    """Conversational preference rows of different lengths (so batches need padding)."""
-    rows = []
-    for i in range(n):
-        rows.append({
-            "prompt": [{"role": "user", "content": f"Tell me about the number {i}" + " please" * (i % 3)}],
-            "chosen": [{"role": "assistant", "content": f"{i} is a fine number." + " Indeed." * (i % 4)}],
-            "rejected": [{"role": "assistant", "content": f"No. I will not discuss {i}" + "!" * (i % 5)}],
-        })
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
 
 
 @pytest.fixture(autouse=True)
