@@ -95,7 +95,7 @@ class ReferenceLogpsCache:
         path.unlink(missing_ok=True)
         return None
 
-    def clean_temporary(self, older_than_s: float = 3600.0) -> None:
+    def clean_temporary(self, older_than_s: float = 600.0) -> None:
         """Remove temporary files of interrupted writes older than `older_than_s` (younger ones may belong to a
         write in progress in another process)."""
         now = time.time()

