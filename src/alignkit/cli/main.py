@@ -36,7 +36,8 @@ resume an interrupted run:         alignkit train --config same.yaml output_dir=
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignkit", description="Align language models with what people want.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks with errors")
+    parser.add_argument("--version", action="version", version=f"alignkit {_version()}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     train = verbs.add_parser("train", help="train a model with a preference objective (DPO, ...)",
@@ -59,12 +60,25 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", help="write per-row completions and results as JSONL here")
     evaluate.set_defaults(run=_evaluate)
 
-    objectives = verbs.add_parser("objectives", help="list the registered training objectives")
+    objectives = verbs.add_parser("objectives", help="list the registered training objectives",
+                                  description="List every training objective: its one-line formula, the data "
+                                  "format it trains on, whether it needs a reference model, whether it sums or "
+                                  "averages token log-probs, its parameters with their defaults, and its source "
+                                  "(paper and code). Set one with objective.name=NAME objective.params.KEY=VALUE.")
     objectives.set_defaults(run=_objectives)
     add_dataset_verbs(verbs)
     add_data_verbs(verbs)
     add_generate_verb(verbs)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("alignkit")
+    except PackageNotFoundError:  # running from a source tree that was not installed
+        return "unknown (not installed)"
 
 
 def _train(args: argparse.Namespace) -> int:
