@@ -344,3 +344,38 @@ def test_empty_path_source_names_the_file(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(DataError, match=r"empty\.jsonl: no rows$"):
         load_examples(tmp_path / "empty.jsonl", "preference")
+
+
+MISSING_CHOSEN_LINE = json.dumps({"prompt": "p", "rejected": "b"})
+
+
+def test_malformed_line_does_not_hide_the_bad_rows(tmp_path):
+    path = write_lines(tmp_path / "prefs.jsonl", GOOD_LINE, '{"prompt": "p", "chosen": ', GOOD_LINE,
+                       MISSING_CHOSEN_LINE, GOOD_LINE)
+    with pytest.raises(DataError) as caught:
+        load_examples(path, "preference")
+    problems = caught.value.problems
+    assert len(problems) == 2
+    assert problems[0].startswith("prefs.jsonl, line 2: malformed JSON")
+    assert problems[1] == "prefs.jsonl, line 4, field 'chosen': missing"
+    message = str(caught.value)
+    assert message.startswith("2 bad lines") and message.index("line 2:") < message.index("line 4,")
+    with pytest.raises(DataError, match=r"^prefs\.jsonl, line 2: malformed JSON"):  # only the unreadable line
+        load_records(path)
+
+
+def test_unreadable_lines_and_bad_rows_merge_in_line_order(tmp_path):
+    from alignkit.data.records import read_records
+
+    path = tmp_path / "prefs.jsonl"
+    lines = [GOOD_LINE, GOOD_LINE, MISSING_CHOSEN_LINE] + [GOOD_LINE] * 5 + [
+        '{"prompt": ', b'{"prompt": "\xff"}', MISSING_CHOSEN_LINE, "[1]", GOOD_LINE]
+    path.write_bytes(b"".join((line if isinstance(line, bytes) else line.encode()) + b"\n" for line in lines))
+    reading = read_records(path)
+    assert len(reading.records) == 10 and [problem.before for problem in reading.problems] == [8, 8, 9]
+    with pytest.raises(DataError) as caught:
+        load_examples(path, "preference")
+    assert [problem.split(":")[0].split(",")[1].strip() for problem in caught.value.problems] == [
+        "line 3", "line 9", "line 10", "line 11", "line 12"]
+    assert "line 10: invalid UTF-8" in caught.value.problems[2]
+    assert "line 12: expected a JSON object" in caught.value.problems[4]

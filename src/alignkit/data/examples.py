@@ -25,12 +25,13 @@ rows of one source must all be standard (strings) or all conversational (message
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from alignkit.data.errors import DataError
+from alignkit.data.errors import DataError, raise_if_any
 from alignkit.data.prompts import Content
-from alignkit.data.records import Record, Source, load_records
-from alignkit.data.rows import (KIND_NAMES, RowProblem, check_completion, collect, common_prefix_length,
+from alignkit.data.records import Reading, Record, Source, read_records
+from alignkit.data.rows import (KIND_NAMES, RowProblem, check_completion, common_prefix_length,
                                 completion_field, completions_field, kind, label_field, number, prompt_field, required,
                                 same_kind)
 
@@ -97,18 +98,34 @@ class Example:
 
 def load_examples(source: Source, data_format: str, *, with_kl: bool = False) -> list[Example]:
     """Load and validate rows of `data_format`; every bad row is reported in one DataError naming its
-    file, line and field. `with_kl` (unpaired data) adds the `kl` slot: row i's completion paired with
+    file, line and field, together with the lines that could not be read at all (malformed JSON, invalid
+    UTF-8), in file order. `with_kl` (unpaired data) adds the `kl` slot: row i's completion paired with
     row i's prompt is compared against the completion of row (i + 1) mod N, a fixed mismatch."""
     if data_format not in READERS:
         raise ValueError(f"unknown data format {data_format!r}; known: {', '.join(READERS)}")
-    records = load_records(source)
-    if not records:
+    reading = read_records(source)
+    if not reading.records and not reading.problems:
         raise DataError(f"{os.fspath(source) if isinstance(source, (str, os.PathLike)) else 'dataset'}: no rows")
-    examples = collect(records, READERS[data_format])
+    examples = _validated(reading, READERS[data_format])
     _check_one_kind(examples)
     _check_rectangular(examples)
     if with_kl:
         examples = _with_mismatched_completions(examples)
+    return examples
+
+
+def _validated(reading: Reading, read: Callable[[Record], Example]) -> list[Example]:
+    """`read` of every readable record; the problems of the unreadable lines or rows and of the rows `read`
+    rejects are raised as one DataError, in source order (as `collect` words a rejected row)."""
+    problems = [((problem.before, 0), problem.message) for problem in reading.problems]
+    examples = []
+    for index, record in enumerate(reading.records):
+        try:
+            examples.append(read(record))
+        except RowProblem as problem:
+            problems.append(((index, 1), f"{record.where}, {problem}"))
+    problems.sort(key=lambda placed: placed[0])  # stable: problems at one place keep their order
+    raise_if_any([message for _, message in problems], reading.unit if reading.problems else "rows")
     return examples
 
 

@@ -11,9 +11,15 @@ Supported sources:
 * a folder written by ``datasets.Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``;
   ``"folder, row N"``. A DatasetDict with one split uses it; with several, pick one with
   ``"folder::split"`` (``"folder::train, row N"``).
+* a Hugging Face Hub dataset ``org/name[@config][::split]`` that is not an existing local path, read from
+  the local HF cache or, when the hub is reachable, downloaded (see `alignkit.data.hub`); splits as for a
+  saved DatasetDict; ``"org/name::train, row N"``.
 * an in-memory ``datasets.Dataset`` or a list of dicts; ``"dataset, row N"``.
 
 `load_prompt_records` also reads prompts from a ``.txt`` file or stdin, one per line.
+
+`read_records` returns the readable rows and the problems of the unreadable ones (so that a caller
+validating the rows can report both together, in file order); `load_records` raises the problems.
 
 Lines and rows are numbered from 1. Text files must be UTF-8 (a leading byte-order mark is allowed).
 Every row is checked as it is read: a JSON object naming a key twice, an integer too long to convert, a
@@ -32,9 +38,10 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 from alignkit.data.errors import DataError, raise_if_any
+from alignkit.data.hub import CONFIG_SEPARATOR, load_hub_dataset, parse_hub_id
 from alignkit.data.values import TOO_DEEP, DuplicateKeys, first_repeated, parse_json, row_problem, too_deep_line
 
 if TYPE_CHECKING:
@@ -55,6 +62,23 @@ class Record:
     where: str
 
 
+class ReadProblem(NamedTuple):
+    """An unreadable line or row: its message (naming file and line or row) and its place among the readable
+    records (`before` of them come before it in the source)."""
+
+    before: int
+    message: str
+
+
+class Reading(NamedTuple):
+    """What `read_records` got from a source: the readable records, the problems of the unreadable lines or
+    rows in source order, and what a problem is about (``"lines"`` or ``"rows"``, for the error message)."""
+
+    records: list[Record]
+    problems: list[ReadProblem]
+    unit: str = "rows"
+
+
 def load_records(source: Source) -> list[Record]:
     """Read every row of ``source`` (see the module docstring for the formats).
 
@@ -62,17 +86,33 @@ def load_records(source: Source) -> list[Record]:
     a row that is not an object, an unknown file type or a missing path. All bad lines of a file are
     reported in one error.
     """
+    return _checked(read_records(source))
+
+
+def _checked(reading: Reading) -> list[Record]:
+    """The records of `reading`; its problems, if any, raised as one DataError."""
+    raise_if_any([problem.message for problem in reading.problems], reading.unit)
+    return reading.records
+
+
+def read_records(source: Source) -> Reading:
+    """The readable rows of ``source`` and the problems of its unreadable lines or rows (`load_records`
+    raises those). A source that cannot be read at all (a missing path, an unknown file type, a JSON
+    document or CSV file that does not parse, a file not valid UTF-8 other than JSONL) raises DataError."""
     if isinstance(source, list):
         return _from_rows(source, "dataset")
     if not isinstance(source, (str, os.PathLike)):
         return _from_dataset(source, "dataset")
-    text = os.fspath(source)
-    path, _, split = text.partition(SPLIT_SEPARATOR)
-    path = Path(path)
+    text, _, split = os.fspath(source).partition(SPLIT_SEPARATOR)
+    path = Path(text)
     if path.is_dir():
         return _from_saved_dataset(path, split or None)
+    hub_id = None if path.exists() or path.is_symlink() else parse_hub_id(text)
+    if hub_id is not None:
+        return _from_hub(*hub_id, split or None)
     if split:
-        raise DataError(f"{path.name}: '{SPLIT_SEPARATOR}split' only applies to a saved dataset folder")
+        raise DataError(f"{path.name}: '{SPLIT_SEPARATOR}split' only applies to a saved dataset folder or a hub "
+                        "dataset (org/name)")
     if not path.is_file():
         raise _not_a_file(path)
     suffix = path.suffix.lower()
@@ -96,22 +136,23 @@ def _not_a_file(path: Path) -> DataError:
     return DataError(f"{path}: not a regular file or folder")
 
 
-def _from_rows(rows: Iterable[Any], name: str) -> list[Record]:
-    """Records for already-parsed rows, numbered from 1; a row that is not a mapping is an error."""
-    records, problems = [], []
+def _from_rows(rows: Iterable[Any], name: str) -> Reading:
+    """Records for already-parsed rows, numbered from 1; a row that is not a mapping is a problem."""
+    records: list[Record] = []
+    problems: list[ReadProblem] = []
     for number, row in enumerate(rows, start=1):
         where = f"{name}, row {number}"
         if not isinstance(row, Mapping):
-            problems.append(f"{where}: expected an object with named fields, got {type(row).__name__}")
+            problems.append(ReadProblem(len(records), f"{where}: expected an object with named fields, "
+                                                      f"got {type(row).__name__}"))
         elif (problem := row_problem(row)) is not None:
-            problems.append(f"{where}{problem}")
+            problems.append(ReadProblem(len(records), f"{where}{problem}"))
         else:
             records.append(Record(dict(row), where))
-    raise_if_any(problems)
-    return records
+    return Reading(records, problems)
 
 
-def _from_dataset(dataset: Any, name: str) -> list[Record]:
+def _from_dataset(dataset: Any, name: str) -> Reading:
     """Records for an in-memory ``datasets.Dataset``; a DatasetDict must be narrowed to a split first."""
     from datasets import Dataset, DatasetDict
 
@@ -123,7 +164,7 @@ def _from_dataset(dataset: Any, name: str) -> list[Record]:
     return _from_rows(iter(dataset), name)
 
 
-def _from_saved_dataset(folder: Path, split: str | None) -> list[Record]:
+def _from_saved_dataset(folder: Path, split: str | None) -> Reading:
     """Records from a ``save_to_disk`` folder; ``split`` picks a DatasetDict split (optional if only one)."""
     from datasets import DatasetDict, load_from_disk
 
@@ -131,19 +172,30 @@ def _from_saved_dataset(folder: Path, split: str | None) -> list[Record]:
         loaded = load_from_disk(str(folder))
     except (FileNotFoundError, ValueError) as error:
         raise DataError(f"{folder.name}: not a folder written by datasets' save_to_disk ({error})") from error
-    name = folder.name
     if isinstance(loaded, DatasetDict):
-        splits = sorted(loaded)
-        if split is None and len(splits) == 1:
-            split = splits[0]
-        if split is None:
-            raise DataError(f"{name}: holds splits {splits}; choose one as '{folder}{SPLIT_SEPARATOR}<split>'")
-        if split not in loaded:
-            raise DataError(f"{name}: no split {split!r}; it holds {splits}")
-        return _from_rows(iter(loaded[split]), f"{name}{SPLIT_SEPARATOR}{split}")
+        return _from_split(loaded, split, folder.name, str(folder))
     if split is not None:
-        raise DataError(f"{name}: holds a single Dataset without splits; drop '{SPLIT_SEPARATOR}{split}'")
-    return _from_rows(iter(loaded), name)
+        raise DataError(f"{folder.name}: holds a single Dataset without splits; drop '{SPLIT_SEPARATOR}{split}'")
+    return _from_rows(iter(loaded), folder.name)
+
+
+def _from_hub(repo_id: str, config: str | None, split: str | None) -> Reading:
+    """Records from hub dataset `repo_id` (config `config`); ``split`` as for a saved DatasetDict."""
+    name = repo_id if config is None else f"{repo_id}{CONFIG_SEPARATOR}{config}"
+    return _from_split(load_hub_dataset(repo_id, config), split, name, name)
+
+
+def _from_split(splits: Mapping[str, Any], split: str | None, name: str, origin: str) -> Reading:
+    """Records of split `split` of a DatasetDict (optional when it holds only one), named
+    ``"name::split, row N"``; `origin` is the source as the user writes it, for the hint."""
+    names = sorted(splits)
+    if split is None and len(names) == 1:
+        split = names[0]
+    if split is None:
+        raise DataError(f"{name}: holds splits {names}; choose one as '{origin}{SPLIT_SEPARATOR}<split>'")
+    if split not in splits:
+        raise DataError(f"{name}: no split {split!r}; it holds {names}")
+    return _from_rows(iter(splits[split]), f"{name}{SPLIT_SEPARATOR}{split}")
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -154,63 +206,72 @@ def _read_bytes(path: Path) -> bytes:
         raise DataError(f"{path}: cannot read ({error.strerror or error})") from error
 
 
-def _decode_lines(raw: bytes, name: str) -> tuple[list[str | None], list[str]]:
+def _decode_lines(raw: bytes, name: str) -> tuple[list[str | None], dict[int, str]]:
     """The lines of `raw` (newline characters kept) decoded strictly as UTF-8 (None for a line that is
-    not valid UTF-8), and one problem per such line. Lines end at ``\\n``, ``\\r\\n`` or ``\\r``."""
+    not valid UTF-8), and the problem of each such line by line number. Lines end at ``\\n``, ``\\r\\n``
+    or ``\\r``."""
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
-    lines, problems = [], []
+    lines: list[str | None] = []
+    undecodable: dict[int, str] = {}
     for number, line in enumerate(raw.splitlines(keepends=True), start=1):
         try:
             lines.append(line.decode("utf-8"))
         except UnicodeDecodeError as error:
-            problems.append(f"{name}, line {number}: invalid UTF-8 (byte {error.start + 1} of the line)")
+            undecodable[number] = f"{name}, line {number}: invalid UTF-8 (byte {error.start + 1} of the line)"
             lines.append(None)
-    return lines, problems
+    return lines, undecodable
 
 
-def _file_lines(path: Path) -> tuple[list[str | None], list[str]]:
+def _file_lines(path: Path) -> tuple[list[str | None], dict[int, str]]:
     """`_decode_lines` of the file at `path`."""
     return _decode_lines(_read_bytes(path), path.name)
 
 
-def _read_jsonl(path: Path) -> list[Record]:
-    """One JSON object per line; blank lines skipped; all bad lines reported together."""
-    lines, problems = _file_lines(path)
-    records = _json_lines(lines, path.name, problems)
-    raise_if_any(problems, "lines")
-    return records
+def _read_jsonl(path: Path) -> Reading:
+    """One JSON object per line; blank lines skipped; every bad line is a problem."""
+    lines, undecodable = _file_lines(path)
+    return _json_lines(lines, path.name, undecodable)
 
 
-def _json_lines(lines: list[str | None], name: str, problems: list[str]) -> list[Record]:
-    """A record per JSON line (skipping blank and undecodable ones); each bad line's problem is appended to
-    `problems`."""
-    records = []
+def _json_lines(lines: list[str | None], name: str, undecodable: dict[int, str]) -> Reading:
+    """A record per JSON line (skipping blank ones); a problem per undecodable line (its message from
+    `undecodable`) and per line that is not a valid JSON object."""
+    records: list[Record] = []
+    problems: list[ReadProblem] = []
     for number, line in enumerate(lines, start=1):
-        if line is None or not line.strip(JSON_WHITESPACE):
+        if line is None:
+            problems.append(ReadProblem(len(records), undecodable[number]))
             continue
-        where = f"{name}, line {number}"
-        try:
-            row = parse_json(line)
-        except json.JSONDecodeError as error:
-            problems.append(f"{where}: malformed JSON ({error.msg} at column {error.colno})")
+        if not line.strip(JSON_WHITESPACE):
             continue
-        except RecursionError:
-            problems.append(f"{where}: {TOO_DEEP}")
-            continue
-        if not isinstance(row, dict):
-            problems.append(f"{where}: expected a JSON object, got {type(row).__name__}")
-        elif (problem := row_problem(row)) is not None:
-            problems.append(f"{where}{problem}")
+        read = _json_line(line, f"{name}, line {number}")
+        if isinstance(read, str):
+            problems.append(ReadProblem(len(records), read))
         else:
-            records.append(Record(dict(row), where))
-    return records
+            records.append(read)
+    return Reading(records, problems, "lines")
 
 
-def _read_json(path: Path) -> list[Record]:
+def _json_line(line: str, where: str) -> Record | str:
+    """The record of one JSON line, or the problem (a message) of a line that is not a valid JSON object."""
+    try:
+        row = parse_json(line)
+    except json.JSONDecodeError as error:
+        return f"{where}: malformed JSON ({error.msg} at column {error.colno})"
+    except RecursionError:
+        return f"{where}: {TOO_DEEP}"
+    if not isinstance(row, dict):
+        return f"{where}: expected a JSON object, got {type(row).__name__}"
+    if (problem := row_problem(row)) is not None:
+        return f"{where}{problem}"
+    return Record(dict(row), where)
+
+
+def _read_json(path: Path) -> Reading:
     """A JSON list of objects, or an object whose single value is that list."""
-    lines, problems = _file_lines(path)
-    raise_if_any(problems, "lines")
+    lines, undecodable = _file_lines(path)
+    raise_if_any(list(undecodable.values()), "lines")
     text = "".join(lines)
     try:
         document = parse_json(text)
@@ -226,7 +287,7 @@ def _read_json(path: Path) -> list[Record]:
     return _from_rows(document, path.name)
 
 
-def _read_parquet(path: Path) -> list[Record]:
+def _read_parquet(path: Path) -> Reading:
     """Every row of a Parquet file, read with pyarrow."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -238,18 +299,19 @@ def _read_parquet(path: Path) -> list[Record]:
     return _from_rows(rows, path.name)
 
 
-def _read_csv(path: Path) -> list[Record]:
+def _read_csv(path: Path) -> Reading:
     """A header line, then records parsed strictly by the csv module; every cell stays a string.
 
     A header naming a column twice, a malformed quote (a quoted cell never closed, or text after its
     closing quote) and a record with more cells than the header are errors; a record with fewer simply
     lacks the trailing fields. Blank lines are skipped.
     """
-    lines, problems = _file_lines(path)
-    raise_if_any(problems, "lines")
+    lines, undecodable = _file_lines(path)
+    raise_if_any(list(undecodable.values()), "lines")
     reader = csv.reader(io.StringIO("".join(lines), newline=""), strict=True)
     header: list[str] | None = None
-    records = []
+    records: list[Record] = []
+    problems: list[ReadProblem] = []
     previous_line = 0
     while True:
         try:
@@ -266,11 +328,11 @@ def _read_csv(path: Path) -> list[Record]:
             header = _csv_header(row, where)
             continue
         if len(row) > len(header):
-            problems.append(f"{where}: {len(row)} cells but the header names {len(header)} columns")
+            problems.append(ReadProblem(len(records), f"{where}: {len(row)} cells but the header names "
+                                                      f"{len(header)} columns"))
             continue
         records.append(Record(dict(zip(header, row)), where))
-    raise_if_any(problems, "lines")
-    return records
+    return Reading(records, problems, "lines")
 
 
 def _csv_header(row: list[str], where: str) -> list[str]:
@@ -292,15 +354,13 @@ def load_prompt_records(source: str, field: str = "prompt") -> list[Record]:
 
         text = sys.stdin.read()
         if text.lstrip().startswith("{"):
-            lines, problems = _decode_lines(text.encode("utf-8", "surrogatepass"), "stdin")
-            records = _json_lines(lines, "stdin", problems)
-            raise_if_any(problems, "lines")
-            return records
+            lines, undecodable = _decode_lines(text.encode("utf-8", "surrogatepass"), "stdin")
+            return _checked(_json_lines(lines, "stdin", undecodable))
         lines = [line for line in text.splitlines() if line.strip()]
         return [Record({field: line}, f"stdin line {i}") for i, line in enumerate(lines, 1)]
     if str(source).endswith(".txt"):
-        lines, problems = _file_lines(Path(source))
-        raise_if_any(problems, "lines")
+        lines, undecodable = _file_lines(Path(source))
+        raise_if_any(list(undecodable.values()), "lines")
         return [Record({field: line.rstrip("\r\n")}, f"{Path(source).name}, line {i}")
                 for i, line in enumerate(lines, 1) if line.strip()]
     return load_records(source)

@@ -16,11 +16,9 @@ import importlib.util
 import logging
 import os
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 from typing import NamedTuple
-from urllib.parse import urlparse
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -144,16 +142,10 @@ def _hub_folder(repo_id: str) -> Path:
 
 
 def _hub_reachable(timeout_s: float = 3.0) -> bool:
-    from huggingface_hub import constants
+    """The probe shared with hub datasets: `alignkit.data.hub.hub_reachable`."""
+    from alignkit.data.hub import hub_reachable
 
-    if constants.HF_HUB_OFFLINE:
-        return False
-    endpoint = urlparse(constants.ENDPOINT)
-    try:
-        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout_s).close()
-    except OSError:
-        return False
-    return True
+    return hub_reachable(timeout_s)
 
 
 def _builtin_folder(name: str) -> Path:
