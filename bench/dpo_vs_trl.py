@@ -155,7 +155,7 @@ class AlignkitWorker:
                  for index, (p, c, r) in enumerate(self.rows)]
         config = load_config(None, [
             f"model.name_or_path={args.model}", f"objective.params.beta={args.beta}", f"batch_size={args.batch_size}",
-            f"max_steps={args.warmup + args.steps}", f"optim.lr={args.lr}", f"seed={SEED}", "tensorboard=false",
+            f"max_steps={args.warmup + args.steps}", f"optim.lr={args.lr}", f"seed={SEED}", "report_to=none",
             "progress=false", f"output_dir={Path(args.workdir) / 'alignkit'}", "overwrite=true",
             "reference.cache=false",
         ])

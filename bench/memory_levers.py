@@ -54,7 +54,7 @@ def main() -> None:
             continue
         with tempfile.TemporaryDirectory() as out:
             command = [sys.executable, "-c", CHILD, f"max_steps={args.steps + 1}", f"output_dir={out}",
-                       "progress=false", "tensorboard=false", "save_every=null", "overwrite=true", *overrides]
+                       "progress=false", "report_to=none", "save_every=null", "overwrite=true", *overrides]
             if name in FILL_CACHE_FIRST:
                 subprocess.run(command, capture_output=True, text=True, check=True)
             done = subprocess.run(command, capture_output=True, text=True, check=True)

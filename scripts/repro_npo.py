@@ -46,7 +46,7 @@ def run(objective: str, forget_file: Path, retain, args, out: Path) -> list[tupl
     config = load_config(None, [
         f"data.train={forget_file}", f"objective.name={objective}", f"batch_size={args.batch_size}",
         f"max_steps={args.steps}", f"optim.lr={args.lr}", "optim.schedule=constant", "progress=false",
-        "tensorboard=false", f"output_dir={out / objective}", "overwrite=true", "data.max_length=256",
+        "report_to=none", f"output_dir={out / objective}", "overwrite=true", "data.max_length=256",
         "data.max_prompt_length=128", *args.override])
     training = Trainer.prepare(config)
     pad = training.tokenizer.pad_token_id

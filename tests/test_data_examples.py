@@ -90,7 +90,7 @@ def test_wrong_format_fails_before_training_naming_the_fields(tmp_path, tiny_cha
         preference = write(tmp_path / "p.jsonl", [{"prompt": "Q", "chosen": "A", "rejected": "B"}])
         config = load_config(None, [f"model.name_or_path={tiny_chat_model_dir}", f"data.train={preference}",
                                     "objective.name=_unpaired_probe", f"output_dir={tmp_path / 'out'}",
-                                    "progress=false", "tensorboard=false"])
+                                    "progress=false", "report_to=none"])
         with pytest.raises(DataError, match="'unpaired' data \\(prompt, completion, label true/false"):
             train(config)
         assert not (tmp_path / "out" / "checkpoints").exists()

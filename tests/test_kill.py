@@ -44,7 +44,7 @@ def kill_when(process: subprocess.Popen, moment, timeout: float = 300) -> bool:
 def test_sigkill_at_any_moment_then_resume_equals_the_uninterrupted_run(tmp_path, tiny_chat_model_dir):
     data = write_pairs(tmp_path / "prefs.jsonl")
     common = [f"model.name_or_path={tiny_chat_model_dir}", f"data.train={data}", "optim.lr=1e-3", "batch_size=2",
-              "max_steps=6", "save_every=1", "keep_checkpoints=2", "progress=false", "tensorboard=false", "seed=5"]
+              "max_steps=6", "save_every=1", "keep_checkpoints=2", "progress=false", "report_to=none", "seed=5"]
     straight, _ = launch(common + [f"output_dir={tmp_path / 'straight'}"], tmp_path / "cache-straight")
     assert straight.wait(timeout=300) == 0
 

@@ -96,7 +96,7 @@ def test_objective_trains_through_the_trainer(name, tmp_path, tiny_chat_model_di
     trainer = Trainer.prepare(load_config(None, [
         f"model.name_or_path={tiny_chat_model_dir}", f"data.train={data}", f"objective.name={name}",
         "batch_size=4", "max_steps=4", "optim.lr=1e-3", "optim.schedule=constant", "progress=false",
-        "tensorboard=false", f"output_dir={tmp_path / 'run'}", "reference.cache=false"]))
+        "report_to=none", f"output_dir={tmp_path / 'run'}", "reference.cache=false"]))
     initial = copy.deepcopy(trainer.model).double().eval()
     steps = [trainer.step() for _ in range(4)]
     trainer.finish(steps[-1])

@@ -164,7 +164,7 @@ def test_training_with_any_layout_agrees(tmp_path, tiny_chat_model_dir, monkeypa
     data = tmp_path / "p.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     common = [f"model.name_or_path={tiny_chat_model_dir}", f"data.train={data}", "optim.lr=1e-3", "batch_size=4",
-              "max_steps=2", "progress=false", "tensorboard=false", "reference.cache=false"]
+              "max_steps=2", "progress=false", "report_to=none", "reference.cache=false"]
     plain = train(load_config(None, common + ["prefix_sharing=false", f"output_dir={tmp_path / 'plain'}"]))
     b = load_file(plain.final_dir / "model.safetensors")
     for layout in (["packing=false"], ["packing=true"], ["packing=true", "pack_row_tokens=4096"]):

@@ -28,7 +28,7 @@ def test_ragged_tails_on_several_processes_equal_one_process(tmp_path, tiny_chat
     monkeypatch.setenv("ALIGNKIT_CACHE", str(tmp_path / "cache"))
     data = write_pairs(tmp_path / "prefs.jsonl", 5)
     common = [f"model.name_or_path={tiny_chat_model_dir}", f"data.train={data}", "optim.lr=1e-3", "epochs=2",
-              "progress=false", "tensorboard=false", f"grad_accum={grad_accum}", "seed=1"]
+              "progress=false", "report_to=none", f"grad_accum={grad_accum}", "seed=1"]
     single = train(load_config(None, common + [f"batch_size={batch_size * processes}",
                                                f"output_dir={tmp_path / 'one'}"]))
     torchrun = Path(sys.executable).with_name("torchrun")

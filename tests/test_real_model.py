@@ -30,7 +30,7 @@ def test_one_dpo_step_on_the_default_model(tmp_path, monkeypatch):
     }) + "\n" for p, c, r in PAIRS))
     result = train(load_config(None, [
         f"model.name_or_path={DEFAULT_MODEL}", f"data.train={data}", f"output_dir={tmp_path / 'run'}",
-        "batch_size=2", "max_steps=1", "optim.lr=1e-5", "progress=false", "tensorboard=false",
+        "batch_size=2", "max_steps=1", "optim.lr=1e-5", "progress=false", "report_to=none",
     ]))
     metrics = json.loads((result.output_dir / "metrics.jsonl").read_text())
     assert metrics["loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference before the step

@@ -29,7 +29,7 @@ def isolated_cache(tmp_path, monkeypatch):
 @pytest.fixture()
 def overrides(tmp_path, tiny_chat_model_dir):
     return [f"model.name_or_path={tiny_chat_model_dir}", f"data.train={write_pairs(tmp_path / 'prefs.jsonl')}",
-            "optim.lr=1e-3", "progress=false", "tensorboard=false", "batch_size=2", "seed=3"]
+            "optim.lr=1e-3", "progress=false", "report_to=none", "batch_size=2", "seed=3"]
 
 
 def weights(folder) -> dict[str, torch.Tensor]:

@@ -78,7 +78,7 @@ def test_pairwise_reward_model_learns_a_synthetic_preference(tmp_path, tiny_chat
     result = train(load_config(None, [
         f"model.name_or_path={tiny_chat_model_dir}", f"data.train={data}", "objective.name=rm_pairwise",
         "batch_size=8", "epochs=4", "optim.lr=3e-3", "optim.schedule=constant", "progress=false",
-        "tensorboard=false", f"output_dir={tmp_path / 'rm'}"]))
+        "report_to=none", f"output_dir={tmp_path / 'rm'}"]))
     # The saved reward model loads with plain transformers and scores held-out pairs.
     model = AutoModelForSequenceClassification.from_pretrained(result.final_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(result.final_dir)

@@ -26,7 +26,7 @@ def isolated_cache(tmp_path, monkeypatch):
 def base_overrides(tmp_path, tiny_chat_model_dir):
     data = write_pairs(tmp_path / "prefs.jsonl")
     return [f"model.name_or_path={tiny_chat_model_dir}", f"data.train={data}", "optim.lr=1e-3",
-            "optim.warmup_steps=1", "progress=false", "tensorboard=false", "seed=3"]
+            "optim.warmup_steps=1", "progress=false", "report_to=none", "seed=3"]
 
 
 def final_params(result) -> dict[str, torch.Tensor]:
@@ -213,7 +213,7 @@ def test_reference_free_objective_never_scores_a_reference(tmp_path, base_overri
     def must_not_run(*args, **kwargs):
         raise AssertionError("a reference-free objective must not touch a reference")
 
-    monkeypatch.setattr("alignkit.train.loop.precompute_reference", must_not_run)
+    monkeypatch.setattr("alignkit.train.setup.precompute_reference", must_not_run)
     monkeypatch.setattr("alignkit.train.loop.online_reference", must_not_run)
     result = train(load_config(None, base_overrides + ["objective.name=toy-free", "max_steps=3",
                                                        f"output_dir={tmp_path / 'free'}"]))
@@ -230,7 +230,7 @@ def test_dropped_pairs_do_not_shift_reference_scores(tmp_path, tiny_chat_model_d
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     result = train(load_config(None, [f"model.name_or_path={tiny_chat_model_dir}", f"data.train={data}",
                                       "data.max_length=32", "data.max_prompt_length=16", "data.overlong=drop",
-                                      "batch_size=5", "max_steps=1", "progress=false", "tensorboard=false",
+                                      "batch_size=5", "max_steps=1", "progress=false", "report_to=none",
                                       f"output_dir={tmp_path / 'run'}"]))
     first = read_metrics(result.output_dir)[0]
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)

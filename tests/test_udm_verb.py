@@ -93,7 +93,7 @@ def test_udm_verb_writes_scores_that_bco_udm_trains_on(tmp_path, tiny_chat_model
     result = train(load_config(None, [
         f"model.name_or_path={tiny_chat_model_dir}", f"data.train={out}", "objective.name=bco_udm",
         "batch_size=4", "max_steps=2", "optim.lr=1e-3", "optim.schedule=constant", "progress=false",
-        "tensorboard=false", f"output_dir={tmp_path / 'run'}", "reference.cache=false"]))
+        "report_to=none", f"output_dir={tmp_path / 'run'}", "reference.cache=false"]))
     assert result.steps == 2
     losses = [json.loads(line)["loss"] for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))

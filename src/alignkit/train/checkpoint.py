@@ -37,6 +37,7 @@ class TrainingState:
     nonfinite_skipped: int = 0  # steps skipped for a NaN or inf (on_nonfinite=skip)
     data_fingerprint: str = ""  # of the tokenized training examples
     world_size: int = 1  # processes (the global batch is batch_size · world_size)
+    optimizer_saved: bool = True  # whether the checkpoint holds the optimizer state (save_optimizer)
 
 
 def checkpoint_dir(output_dir: Path, step: int) -> Path:
@@ -101,16 +102,20 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 
 
 def save_checkpoint(output_dir: Path, model: nn.Module, tokenizer, optimizer, scheduler, state: TrainingState,
-                    keep: int, config_yaml: str) -> Path:
+                    keep: int, config_yaml: str, save_optimizer: bool = True) -> Path:
+    """Write the checkpoint of `state.step` and prune to the newest `keep`; without `save_optimizer` the
+    optimizer state is left out (about twice the model's size for AdamW), and `state.json` says so."""
     final = checkpoint_dir(output_dir, state.step)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=TEMPORARY_PREFIX, dir=final.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if save_optimizer:
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(torch.get_rng_state(), tmp / "rng.pt")
+        state.optimizer_saved = save_optimizer
         (tmp / "state.json").write_text(json.dumps(state.__dict__))
         (tmp / "config.yaml").write_text(config_yaml)
         _write_manifest(tmp)
@@ -120,6 +125,9 @@ def save_checkpoint(output_dir: Path, model: nn.Module, tokenizer, optimizer, sc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    size = sum(p.stat().st_size for p in final.rglob("*") if p.is_file())
+    log.info("checkpoint %s: %.0f MB, %s optimizer state", final.name, size / 2**20,
+             "with" if save_optimizer else "without")
     _prune(output_dir, keep)
     return final
 
@@ -177,7 +185,11 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer, scheduler) -> Tra
         saved = type(model).from_pretrained(folder, dtype=next(model.parameters()).dtype)
         model.load_state_dict(saved.state_dict())
         del saved
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    if (folder / "optimizer.pt").exists():
+        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    else:
+        log.warning("resume: %s holds no optimizer state (save_optimizer=false): the optimizer starts afresh "
+                    "(AdamW's moments at zero), so the run will not equal an uninterrupted one", folder)
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     torch.set_rng_state(torch.load(folder / "rng.pt", weights_only=True))
     return checkpoint_state(folder)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,87 +17,11 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from alignkit.train.settings import (ConfigError, DataSettings, LoraSettings, ModelSettings, ObjectiveSettings,
+                                     OptimSettings, ReferenceSettings, TrainConfig, trackers)
 
-@dataclass
-class LoraSettings:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-
-
-@dataclass
-class ModelSettings:
-    name_or_path: str = "smollm2-135m-instruct"
-    lora: Optional[LoraSettings] = None  # set (e.g. `model.lora.r=16`) to train LoRA adapters only
-
-
-@dataclass
-class DataSettings:
-    train: str = "builtin:demo/train.jsonl"  # file, save_to_disk folder, or builtin:<path in the package>
-    max_length: int = 512
-    max_prompt_length: int = 256
-    overlong: str = "truncate_prompt"  # or "drop"
-
-
-@dataclass
-class ObjectiveSettings:
-    name: str = "dpo"
-    params: dict[str, Any] = field(default_factory=dict)  # e.g. {beta: 0.1}; defaults come from the registry
-
-
-@dataclass
-class ReferenceSettings:
-    model: Optional[str] = None  # None: the policy as it is before training (adapters disabled under LoRA)
-    precompute: bool = True  # compute reference log-probs once before training instead of every step
-    cache: bool = True  # keep precomputed log-probs on disk, keyed by a fingerprint of model + data + template
-
-
-@dataclass
-class OptimSettings:
-    lr: float = 5e-6
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    warmup_steps: int = 0
-    schedule: str = "linear"  # any transformers scheduler name: linear, cosine, constant_with_warmup, ...
-    max_grad_norm: Optional[float] = 1.0
-    fused: bool = True  # fused AdamW kernel (as transformers' default): no foreach temporaries, ~0.5 GB less peak at 135M
-
-
-@dataclass
-class TrainConfig:
-    model: ModelSettings = field(default_factory=ModelSettings)
-    data: DataSettings = field(default_factory=DataSettings)
-    objective: ObjectiveSettings = field(default_factory=ObjectiveSettings)
-    reference: ReferenceSettings = field(default_factory=ReferenceSettings)
-    optim: OptimSettings = field(default_factory=OptimSettings)
-    output_dir: str = "runs/dpo"
-    overwrite: bool = False  # allow starting afresh in an output_dir that already holds a run
-    batch_size: int = 4  # examples (e.g. preference pairs) per micro-batch, per process
-    grad_accum: int = 1  # micro-batches per optimizer step
-    epochs: int = 1
-    max_steps: Optional[int] = None  # stop after this many optimizer steps (overrides epochs)
-    seed: int = 0
-    mixed_precision: str = "no"  # "no" (fp32) or "bf16" (autocast)
-    prefix_sharing: bool = True  # one row [prompt | completion 1 | ... | K] per example where attention allows it
-    packing: bool = True  # with prefix sharing: several examples per row (first-fit), less padding
-    pack_row_tokens: Optional[int] = None  # packed row size; None: the micro-batch's longest example (never wider)
-    activation_checkpointing: bool = False  # recompute layer activations in backward: less memory, more time
-    lm_head_chunk: Optional[int] = None  # apply the LM head to this many completion tokens at a time
-    save_every: Optional[int] = None  # checkpoint every N optimizer steps (always at the end)
-    keep_checkpoints: int = 2
-    log_every: int = 1
-    tensorboard: bool = True
-    progress: bool = True
-    # A NaN or inf in the loss, the gradients or the parameters after an update: "stop" ends the run with an
-    # error naming the step and the quantity (the last good checkpoint kept); "skip" leaves the parameters as
-    # they were before the step, moves on to the next batch and counts it (`nonfinite_skipped`).
-    on_nonfinite: str = "stop"
-
-
-class ConfigError(ValueError):
-    """A recipe or override is invalid; the message names the key, the value and where it came from."""
+__all__ = ["ConfigError", "DataSettings", "LoraSettings", "ModelSettings", "ObjectiveSettings", "OptimSettings",
+           "ReferenceSettings", "TrainConfig", "load_config", "to_yaml", "trackers", "validate"]
 
 
 # ------------------------------------------------------------------ where a value came from
@@ -279,6 +203,25 @@ def _betas(value: list[float]) -> Optional[str]:
     return None if ok else "must be two numbers, each in [0, 1) (e.g. [0.9, 0.999])"
 
 
+TRACKERS = ("tensorboard", "wandb", "mlflow")
+
+
+def _trackers(value: Any) -> Optional[str]:
+    """Known trackers, or `none` alone (as `[]`); wandb and mlflow must be installed (optional extras)."""
+    if not isinstance(value, (str, list)) or not all(isinstance(name, str) for name in value):
+        return "must be a tracker name or a list of them"
+    value = [value] if isinstance(value, str) else value
+    if value == ["none"] or not value:
+        return None
+    unknown = [name for name in value if name not in TRACKERS]
+    if unknown:
+        return f"unknown tracker(s) {unknown}; choose from {', '.join(TRACKERS)}, or none"
+    import importlib.util
+
+    missing = [name for name in value if name != "tensorboard" and importlib.util.find_spec(name) is None]
+    return f"needs {', '.join(missing)}: pip install 'alignkit[{','.join(missing)}]'" if missing else None
+
+
 def _scheduler_names() -> list[str]:
     from transformers import SchedulerType  # imported when checked: transformers is slow to import
 
@@ -304,6 +247,10 @@ RULES: dict[str, Rule] = {
     "data.max_length": _number(1),
     "data.max_prompt_length": _number(1),  # and < data.max_length: `_check_prompt_length`
     "data.overlong": _one_of(("truncate_prompt", "drop")),
+    "data.eval": _non_empty,
+    "data.eval_fraction": _number(0, 1),
+    "eval_every": _number(1, optional=True),
+    "report_to": _trackers,
     "objective.name": _registered,
     "reference.model": _non_empty,
     "optim.lr": _number(0, above=True),

@@ -14,9 +14,9 @@ batch 4 × 1 step and batch 1 × 4 accumulation give the same gradient, ragged l
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import time
-import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +24,7 @@ from typing import IO, Any, Callable, Sequence
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedType, gather_object, set_seed
+from accelerate.utils import gather_object
 from torch import nn
 
 from alignkit.data import TokenizedExample, sequence_token_count
@@ -35,15 +34,16 @@ from alignkit.objectives.registry import FIELDS, logp_inputs
 from alignkit.train import resume as resumes
 from alignkit.train import rundir
 from alignkit.train.checkpoint import TrainingState, checkpoint_dir, latest_checkpoint, save_checkpoint
-from alignkit.train.config import ConfigError, TrainConfig
+from alignkit.train.config import TrainConfig, trackers
 from alignkit.train.guard import NonFiniteError, UpdateSnapshot, finite, parameters_finite
 from alignkit.train.metrics import MetricsLog
 from alignkit.train.plan import BatchPlan
 from alignkit.train.references import (Batch, ReferenceScores, data_fingerprint, online_reference,
-                                       precompute_reference, precomputed_reference, scorer_inputs)
-from alignkit.train.setup import (Policy, batch_layout, build_optimizer, load_policy, load_training_data,
-                                  objective_params, restore)
-from alignkit.train.sources import DataSource, FixedDataset
+                                       precomputed_reference, scorer_inputs)
+from alignkit.train.setup import (batch_layout, build_optimizer, load_policy, load_training_data, make_accelerator,
+                                  objective_params, reference_scores_for, restore, split_eval,
+                                  warn_if_smaller_than_a_step, write_config)
+from alignkit.train.sources import DataSource, EvalSet, FixedDataset
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ class Trainer:
     metrics_log: MetricsLog
     config_yaml: str  # what config.yaml says (the configuration, with the run's starts and resumes)
     lock: IO | None  # the output folder's lock (main process)
+    eval_set: EvalSet | None = None  # held-out examples scored every eval_every steps and after the last
 
     @classmethod
     def prepare(cls, config: TrainConfig, *, resume: bool = False,
@@ -98,7 +99,7 @@ class Trainer:
         `examples` replaces `config.data.train` with already tokenized examples (e.g. to feed two trainers
         the same token ids).
         """
-        accelerator = _accelerator(config)
+        accelerator = make_accelerator(config)
         objective = get(config.objective.name)
         params = objective_params(objective, config.objective.params)
         checkpoint, diff = resumes.find_checkpoint(config, accelerator.num_processes) if resume else (None, {})
@@ -116,16 +117,25 @@ class Trainer:
                examples: Sequence[TokenizedExample] | None) -> Trainer:
         """The run in the claimed output folder (see `prepare`)."""
         tokenizer, examples = load_training_data(config, objective, examples)
+        examples, held_out = split_eval(config, tokenizer, objective, examples)
+        warn_if_smaller_than_a_step(config, len(examples), accelerator.num_processes)
         fingerprint = data_fingerprint(examples)
         resumes.check_same_data(checkpoint, fingerprint)
         policy = load_policy(config, objective, tokenizer, examples)
         model = policy.model.to(accelerator.device)
         collate = batch_layout(config, model, tokenizer.pad_token_id)
-        reference_scores, reference = _reference(config, objective, policy, model, examples, collate, accelerator)
+        reference = None
+        if objective.needs_reference:
+            reference = precomputed_reference if config.reference.precompute else \
+                online_reference(config, model, accelerator.device)
         plan = BatchPlan(num_examples=len(examples), batch_size=config.batch_size, grad_accum=config.grad_accum,
                          epochs=config.epochs, max_steps=config.max_steps, seed=config.seed,
                          world_size=accelerator.num_processes, rank=accelerator.process_index)
-        source = FixedDataset(examples, collate, plan, reference_scores)
+        scores = reference_scores_for(config, objective, policy, model, examples, collate, accelerator)
+        source = FixedDataset(examples, collate, plan, scores)
+        eval_set = None if held_out is None else EvalSet(
+            held_out, collate, config.batch_size, accelerator.process_index, accelerator.num_processes,
+            reference_scores_for(config, objective, policy, model, held_out, collate, accelerator))
         optimizer, scheduler = build_optimizer(config, [p for p in model.parameters() if p.requires_grad],
                                                source.total_steps)
         scorer, optimizer = accelerator.prepare(policy.scorer, optimizer)
@@ -135,22 +145,42 @@ class Trainer:
         state.data_fingerprint, state.world_size = fingerprint, accelerator.num_processes
         if objective_state is not None:
             params = {**params, "state": objective_state}
-        config_yaml = _write_config(config, checkpoint, diff, state.step, accelerator.is_main_process)
-        metrics_log = MetricsLog(Path(config.output_dir), source.total_steps, state.step,
-                                 tensorboard=config.tensorboard, progress=config.progress,
-                                 enabled=accelerator.is_main_process)
+        config_yaml = write_config(config, checkpoint, diff, state.step, accelerator.is_main_process)
+        metrics_log = MetricsLog(Path(config.output_dir), source.total_steps, state.step, accelerator=accelerator,
+                                 trackers=trackers(config), config=resumes.flat(config), progress=config.progress)
         scorer.train()
         return cls(config, accelerator, objective, params, model, tokenizer, scorer, policy.name_outputs, reference,
-                   source, optimizer, scheduler, state, metrics_log, config_yaml, lock)
+                   source, optimizer, scheduler, state, metrics_log, config_yaml, lock, eval_set)
 
-    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(self, batch: Batch, params: dict[str, Any] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The objective's per-example losses and metrics on one micro-batch: the policy's scores (and the
         reference's), named as the objective's inputs, with the batch's labels and scores."""
         values = self.name_outputs(self.scorer(**scorer_inputs(batch)))
         if self.reference is not None:
             values.update(logp_inputs("ref", self.objective, self.source.slots, *self.reference(batch)))
         values.update({field: batch[field] for field in FIELDS if field in batch})
-        return self.objective(values, self.params)
+        return self.objective(values, self.params if params is None else params)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """The objective's mean loss and metrics over the eval split, as `eval/...` keys ({} without one). A
+        stateful objective is scored with a copy of its state, so evaluating never changes training."""
+        if self.eval_set is None:
+            return {}
+        params = {**self.params, "state": copy.deepcopy(self.params["state"])} if "state" in self.params \
+            else self.params
+        device = self.accelerator.device
+        totals: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device))
+        for batch in self.eval_set.batches():
+            batch = {key: value.to(device) for key, value in batch.items()}
+            with self.accelerator.autocast():
+                losses, metrics = self.loss(batch, params)
+            totals["loss"] += losses.sum()
+            for key, value in metrics.items():
+                totals[key] += value.float().sum()
+            totals["tokens"] += sequence_token_count(batch)
+        averaged = self._averaged(totals, len(self.eval_set.examples))
+        return {f"eval/{key}": value for key, value in averaged.items() if key != "tokens_in_step"}
 
     def step(self) -> dict[str, float]:
         """Run optimizer step `state.step` and return its metrics (loss, rewards, tokens_in_step, ...)."""
@@ -245,12 +275,15 @@ class Trainer:
         return averaged
 
     def _log(self, metrics: dict[str, float]) -> None:
-        """Log the step (every `log_every` steps and the last) and checkpoint it every `save_every` steps."""
-        step, total = self.state.step, self.source.total_steps
-        if step % self.config.log_every == 0 or step == total:
+        """Evaluate (every `eval_every` steps and after the last), log the step (every `log_every` steps and the
+        last) and checkpoint it every `save_every` steps (never with `save_final_only`)."""
+        step, total, config = self.state.step, self.source.total_steps, self.config
+        if self.eval_set is not None and (step == total or config.eval_every and step % config.eval_every == 0):
+            metrics.update(self.evaluate())
+        if step % config.log_every == 0 or step == total or any(key.startswith("eval/") for key in metrics):
             self.metrics_log.log(step, metrics)
         self.metrics_log.advance(metrics)
-        if self.config.save_every and step % self.config.save_every == 0 and step < total:
+        if config.save_every and step % config.save_every == 0 and step < total and not config.save_final_only:
             self.save()
 
     def save(self) -> None:
@@ -260,14 +293,15 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             save_checkpoint(Path(self.config.output_dir), self.model, self.tokenizer, self.optimizer, self.scheduler,
-                            self.state, self.config.keep_checkpoints, self.config_yaml)
+                            self.state, self.config.keep_checkpoints, self.config_yaml,
+                            save_optimizer=self.config.save_optimizer)
         self.accelerator.wait_for_everyone()
 
     def finish(self, metrics: dict[str, float]) -> TrainResult:
         """Write the last checkpoint (if not written) and `final/`, loadable with `from_pretrained`."""
         self.metrics_log.close()
         output_dir = Path(self.config.output_dir)
-        if not checkpoint_dir(output_dir, self.state.step).exists():
+        if not self.config.save_final_only and not checkpoint_dir(output_dir, self.state.step).exists():
             self.save()
         final_dir = output_dir / "final"
         if self.accelerator.is_main_process:
@@ -281,46 +315,3 @@ class Trainer:
         if self.lock is not None:
             self.lock.close()
             self.lock = None
-
-
-def _accelerator(config: TrainConfig) -> Accelerator:
-    if config.mixed_precision == "bf16":
-        warnings.warn("bf16 autocast: on the de-quantized SmolLM2 weights it gave spurious DPO rewards; "
-                      "prefer fp32 (mixed_precision=no) unless you have checked your model", stacklevel=4)
-    AcceleratorState._reset_state()  # each run sets its own precision; the process group is kept
-    # cpu=True on machines without an accelerator, so torchrun's processes form a gloo group.
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.accelerator.is_available())
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:  # UNTESTED (docs/scale-out.md)
-        if config.grad_accum != 1:
-            raise ConfigError("grad_accum must be 1 under DeepSpeed: its engine steps the optimizer at every backward")
-        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.batch_size
-    set_seed(config.seed)
-    return accelerator
-
-
-def _reference(config: TrainConfig, objective: Objective, policy: Policy, model: nn.Module,
-               examples: Sequence[TokenizedExample], collate, accelerator: Accelerator):
-    """(precomputed reference scores or None, the reference the loop reads or None)."""
-    if not objective.needs_reference:
-        return None, None
-    if not config.reference.precompute:
-        return None, online_reference(config, model, accelerator.device)
-    # Under the same autocast as training, so policy == reference scores the same at the first step.
-    with accelerator.main_process_first(), accelerator.autocast():
-        scores = precompute_reference(config, model, policy.tokenizer, examples, policy.fingerprint, collate,
-                                      accelerator.device)
-    return scores, precomputed_reference
-
-
-def _write_config(config: TrainConfig, checkpoint: Path | None, diff: dict, step: int, main: bool) -> str:
-    """config.yaml: the configuration in use, with one line for this start or resume under the earlier ones."""
-    path = Path(config.output_dir) / "config.yaml"
-    past = resumes.history(path.read_text()) if checkpoint is not None and path.exists() else []
-    event = (f"resumed at step {step} from {checkpoint.name}; {resumes.describe(diff)}" if checkpoint is not None
-             else "started at step 0")
-    text = resumes.config_text(config, past, event)
-    if main:
-        path.write_text(text)
-        if checkpoint is not None:
-            log.info("--resume from %s: %s", checkpoint.name, resumes.describe(diff))
-    return text

@@ -30,9 +30,10 @@ from alignkit.train.config import ConfigError, TrainConfig, to_yaml
 
 log = logging.getLogger(__name__)
 
-COMPATIBLE = ("max_steps", "epochs", "save_every", "keep_checkpoints", "log_every", "tensorboard", "progress",
-              "on_nonfinite", "overwrite", "output_dir", "activation_checkpointing", "lm_head_chunk", "prefix_sharing",
-              "packing", "pack_row_tokens", "optim.max_grad_norm", "optim.fused", "data.train")
+COMPATIBLE = ("max_steps", "epochs", "save_every", "keep_checkpoints", "save_optimizer", "save_final_only",
+              "log_every", "report_to", "progress", "eval_every", "data.eval", "on_nonfinite", "overwrite", "output_dir",
+              "activation_checkpointing", "lm_head_chunk", "prefix_sharing", "packing", "pack_row_tokens",
+              "optim.max_grad_norm", "optim.fused", "data.train")
 OPTIMIZER = ("optim.lr", "optim.weight_decay", "optim.betas", "optim.eps", "optim.warmup_steps", "optim.schedule")
 HEADER = "# alignkit run: the configuration in use (a recipe for `alignkit train --config`); one line per start or resume"
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +15,8 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from torch import nn
 from transformers import get_scheduler
 
@@ -26,9 +30,11 @@ from alignkit.models.reference import weights_fingerprint
 from alignkit.models.reward_head import RewardScorer, load_reward_model
 from alignkit.objectives import Objective
 from alignkit.objectives.registry import Slots, logp_inputs, reward_inputs
+from alignkit.train import resume as resumes
 from alignkit.train.checkpoint import TrainingState, load_checkpoint
-from alignkit.train.config import ConfigError, TrainConfig
-from alignkit.train.references import Collate
+from alignkit.train.config import ConfigError, TrainConfig, trackers
+from alignkit.train.metrics import tracker_dir
+from alignkit.train.references import Collate, precompute_reference
 
 log = logging.getLogger(__name__)
 
@@ -54,21 +60,22 @@ def objective_params(objective: Objective, overrides: dict) -> dict:
     return {**objective.defaults, **overrides}
 
 
-def load_training_examples(config: TrainConfig, tokenizer, objective: Objective) -> list[TokenizedExample]:
-    """Rows of `config.data.train` in the objective's data format, tokenized and fitted to the limits.
-
-    A dataset of another format fails here, before any training, naming the format the objective needs.
+def load_training_examples(config: TrainConfig, tokenizer, objective: Objective,
+                           source: str | None = None) -> list[TokenizedExample]:
+    """Rows of `source` (default `config.data.train`) in the objective's data format, tokenized and fitted to
+    the limits. A dataset of another format fails here, before any training, naming the format needed.
     """
+    source = source or config.data.train
     truncation = TruncationConfig(max_length=config.data.max_length, max_prompt_length=config.data.max_prompt_length,
                                   overlong=config.data.overlong)
     try:
-        rows = load_examples(resolve_source(config.data.train), objective.data_format, with_kl="kl" in objective.slots)
+        rows = load_examples(resolve_source(source), objective.data_format, with_kl="kl" in objective.slots)
         examples, _ = tokenize_examples(rows, tokenizer, truncation)
     except DataError as err:
         raise DataError(f"objective '{objective.name}' trains on '{objective.data_format}' data "
-                        f"({FORMAT_FIELDS[objective.data_format]}); {config.data.train}:\n{err}") from None
+                        f"({FORMAT_FIELDS[objective.data_format]}); {source}:\n{err}") from None
     if not examples:
-        raise ConfigError(f"data.train: no usable examples in {config.data.train}")
+        raise ConfigError(f"no usable examples in {source}")
     return examples
 
 
@@ -157,3 +164,102 @@ def restore(checkpoint: Path | None, model: nn.Module, optimizer, scheduler, obj
         objective_state.load_state_dict(state.objective_state)
     log.info("resumed from %s (step %d)", checkpoint, state.step)
     return state
+
+
+def make_accelerator(config: TrainConfig) -> Accelerator:
+    """The run's `Accelerator`: its precision, the trackers of `report_to`, DeepSpeed's micro-batch size."""
+    if config.mixed_precision == "bf16":
+        warnings.warn("bf16 autocast: on the de-quantized SmolLM2 weights it gave spurious DPO rewards; "
+                      "prefer fp32 (mixed_precision=no) unless you have checked your model", stacklevel=4)
+    AcceleratorState._reset_state()  # each run sets its own precision; the process group is kept
+    logging_dir = tracker_dir(Path(config.output_dir))
+    # cpu=True on machines without an accelerator, so torchrun's processes form a gloo group.
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.accelerator.is_available(),
+                              log_with=trackers(config) or None,
+                              project_config=ProjectConfiguration(project_dir=config.output_dir,
+                                                                  logging_dir=str(logging_dir)))
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:  # UNTESTED (docs/scale-out.md)
+        if config.grad_accum != 1:
+            raise ConfigError("grad_accum must be 1 under DeepSpeed: its engine steps the optimizer at every backward")
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.batch_size
+    if accelerator.num_processes == 1:
+        warn_if_one_of_several(_launcher_processes())
+    set_seed(config.seed)
+    return accelerator
+
+
+def _launcher_processes() -> int:
+    """How many processes an `accelerate launch` parent asked for (1 if there is no such parent), read from the
+    parent's command line (Linux /proc; 1 where it cannot be read)."""
+    try:
+        words = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return 1
+    if not any(word.endswith("accelerate") for word in words[:2]) or "launch" not in words:
+        return 1
+    for flag in ("--num_processes", "--num-processes"):
+        if flag in words[:-1]:
+            value = words[words.index(flag) + 1]
+            return int(value) if value.isdigit() else 1
+    return 1
+
+
+def warn_if_one_of_several(requested: int) -> None:
+    """`accelerate launch --num_processes N` without `--multi_gpu` (or on CPU) starts one process only."""
+    if requested > 1:
+        log.warning("accelerate launch asked for %d processes but this run has 1: accelerate starts several only "
+                    "with --multi_gpu (GPUs); on CPUs use torchrun --nproc_per_node %d -m alignkit.cli.main train",
+                    requested, requested)
+
+
+def split_eval(config: TrainConfig, tokenizer: Any, objective: Objective, examples: list[TokenizedExample]
+               ) -> tuple[list[TokenizedExample], list[TokenizedExample] | None]:
+    """(training examples, eval examples or None): `data.eval` read like `data.train`, or `data.eval_fraction`
+    of the training examples held out (a seeded draw; at least one example each side)."""
+    if config.data.eval is not None:
+        return examples, load_training_examples(config, tokenizer, objective, source=config.data.eval)
+    if config.data.eval_fraction == 0:
+        return examples, None
+    held = min(len(examples) - 1, max(1, round(config.data.eval_fraction * len(examples))))
+    if held < 1:
+        raise ConfigError(f"data.eval_fraction={config.data.eval_fraction}: data.train has {len(examples)} example, "
+                          "none left to hold out")
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(config.seed)).tolist()
+    chosen = set(order[:held])
+    return ([e for i, e in enumerate(examples) if i not in chosen],
+            [e for i, e in enumerate(examples) if i in chosen])
+
+
+def warn_if_smaller_than_a_step(config: TrainConfig, examples: int, processes: int) -> None:
+    step = config.batch_size * config.grad_accum * processes
+    if examples < step:
+        log.warning("data.train has %d examples, fewer than one optimizer step takes (batch_size %d x grad_accum "
+                    "%d x %d processes = %d): each step sees every example once, fewer than configured",
+                    examples, config.batch_size, config.grad_accum, processes, step)
+
+
+def reference_scores_for(config: TrainConfig, objective: Objective, policy: Policy, model: nn.Module,
+                         examples: Sequence[TokenizedExample], collate: Collate, accelerator: Accelerator
+                         ) -> dict[str, torch.Tensor] | None:
+    """The precomputed (and cached) reference log-probs of `examples`, or None when the objective needs no
+    reference or `reference.precompute=false`."""
+    if not objective.needs_reference or not config.reference.precompute:
+        return None
+    # Under the same autocast as training, so policy == reference scores the same at the first step.
+    with accelerator.main_process_first(), accelerator.autocast():
+        return precompute_reference(config, model, policy.tokenizer, examples, policy.fingerprint, collate,
+                                    accelerator.device)
+
+
+def write_config(config: TrainConfig, checkpoint: Path | None, diff: dict, step: int, main: bool) -> str:
+    """config.yaml: the configuration in use, with one line for this start or resume under the earlier ones."""
+    path = Path(config.output_dir) / "config.yaml"
+    past = resumes.history(path.read_text()) if checkpoint is not None and path.exists() else []
+    event = (f"resumed at step {step} from {checkpoint.name}; {resumes.describe(diff)}" if checkpoint is not None
+             else "started at step 0")
+    text = resumes.config_text(config, past, event)
+    if main:
+        path.write_text(text)
+        if checkpoint is not None:
+            log.info("--resume from %s: %s", checkpoint.name, resumes.describe(diff))
+    return text

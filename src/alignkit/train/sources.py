@@ -10,7 +10,7 @@ same interface.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -83,3 +83,27 @@ class FixedDataset:
 
     def filler(self) -> Batch:
         return self.collate([self.examples[0]])
+
+
+@dataclass
+class EvalSet:
+    """Held-out examples scored every `eval_every` steps: this process takes every `world_size`-th example from
+    its `rank`, in order, `batch_size` at a time; batches carry the precomputed reference log-probs like
+    `FixedDataset`'s."""
+
+    examples: Sequence[TokenizedExample]
+    collate: Collate
+    batch_size: int
+    rank: int = 0
+    world_size: int = 1
+    reference: dict[str, torch.Tensor] | None = None
+
+    def batches(self) -> Iterator[Batch]:
+        mine = list(range(self.rank, len(self.examples), self.world_size))
+        for start in range(0, len(mine), self.batch_size):
+            indices = mine[start:start + self.batch_size]
+            batch = self.collate([self.examples[i] for i in indices])
+            if self.reference is not None:
+                batch["reference_sums"] = self.reference["sums"][indices]
+                batch["reference_counts"] = self.reference["counts"][indices]
+            yield batch
