@@ -167,6 +167,16 @@ def test_lora_uses_disabled_adapters_as_reference_and_saves_an_adapter(tmp_path,
     model = PeftModel.from_pretrained(base, precomputed.final_dir)
     lora_b = [p for name, p in model.named_parameters() if "lora_B" in name]
     assert lora_b and max(p.abs().max().item() for p in lora_b) > 0  # the adapter was trained
+    for folder in (precomputed.final_dir, precomputed.output_dir / "checkpoints" / "step-000002"):
+        adapter = json.loads((folder / "adapter_config.json").read_text())
+        assert adapter["base_model_name_or_path"] == str(tiny_chat_model_dir)  # as named, not a cache folder
+    assert json.loads((precomputed.final_dir / "training_state.json").read_text())["step"] == 2
+
+
+def test_a_shipped_recipe_by_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_config("dpo", ["max_steps=3"]).objective.name == "dpo"
+    assert load_config("kto").objective.name == "kto"
 
 
 def test_bf16_autocast_warns_and_scores_the_reference_under_the_same_autocast(tmp_path, base_overrides):

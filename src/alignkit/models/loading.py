@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -187,8 +188,10 @@ def _with_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBa
     return tokenizer
 
 
-def save_model_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
-    """Save model + tokenizer (with chat template) so that a crash never leaves a half-written folder."""
+def save_model_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path,
+                          finish: Callable[[Path], None] | None = None) -> None:
+    """Save model + tokenizer (with chat template) so that a crash never leaves a half-written folder;
+    `finish(staging_folder)` adds to it before it is renamed into place."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
@@ -196,6 +199,8 @@ def save_model_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizer
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        if finish is not None:
+            finish(tmp)
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old")
             shutil.rmtree(old, ignore_errors=True)

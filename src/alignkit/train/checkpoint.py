@@ -22,6 +22,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from alignkit.models.export import ADAPTER_CONFIG, set_adapter_base
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "step-"
@@ -102,15 +104,18 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 
 
 def save_checkpoint(output_dir: Path, model: nn.Module, tokenizer, optimizer, scheduler, state: TrainingState,
-                    keep: int, config_yaml: str, save_optimizer: bool = True) -> Path:
+                    keep: int, config_yaml: str, save_optimizer: bool = True, adapter_base: str | None = None) -> Path:
     """Write the checkpoint of `state.step` and prune to the newest `keep`; without `save_optimizer` the
-    optimizer state is left out (about twice the model's size for AdamW), and `state.json` says so."""
+    optimizer state is left out (about twice the model's size for AdamW), and `state.json` says so. A LoRA
+    adapter names `adapter_base` (the model as the user named it) as its base."""
     final = checkpoint_dir(output_dir, state.step)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=TEMPORARY_PREFIX, dir=final.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        if adapter_base is not None and (tmp / ADAPTER_CONFIG).exists():
+            set_adapter_base(tmp, adapter_base)
         if save_optimizer:
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")

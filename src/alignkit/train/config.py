@@ -17,6 +17,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from alignkit.train.recipes import resolve_recipe
 from alignkit.train.settings import (ConfigError, DataSettings, LoraSettings, ModelSettings, ObjectiveSettings,
                                      OptimSettings, ReferenceSettings, TrainConfig, trackers)
 
@@ -150,6 +151,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     merged = OmegaConf.structured(TrainConfig)
     sources = Sources(override_keys=keys)
     if path is not None:
+        path = resolve_recipe(path)  # a file, or the name of a recipe shipped with alignkit
         recipe = _read_recipe(path)
         sources = Sources(str(path), OmegaConf.to_container(recipe, resolve=False), keys)
         merged = _merge(merged, recipe, f"from {path}", str(path))

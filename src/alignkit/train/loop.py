@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import time
 from collections import defaultdict
@@ -29,6 +30,7 @@ from torch import nn
 
 from alignkit.data import TokenizedExample, sequence_token_count
 from alignkit.models import save_model_atomically
+from alignkit.models.export import ADAPTER_CONFIG, set_adapter_base
 from alignkit.objectives import Objective, get
 from alignkit.objectives.registry import FIELDS, logp_inputs
 from alignkit.train import resume as resumes
@@ -294,7 +296,7 @@ class Trainer:
         if self.accelerator.is_main_process:
             save_checkpoint(Path(self.config.output_dir), self.model, self.tokenizer, self.optimizer, self.scheduler,
                             self.state, self.config.keep_checkpoints, self.config_yaml,
-                            save_optimizer=self.config.save_optimizer)
+                            save_optimizer=self.config.save_optimizer, adapter_base=self.config.model.name_or_path)
         self.accelerator.wait_for_everyone()
 
     def finish(self, metrics: dict[str, float]) -> TrainResult:
@@ -305,9 +307,17 @@ class Trainer:
             self.save()
         final_dir = output_dir / "final"
         if self.accelerator.is_main_process:
-            save_model_atomically(self.accelerator.unwrap_model(self.scorer).model, self.tokenizer, final_dir)
+            save_model_atomically(self.accelerator.unwrap_model(self.scorer).model, self.tokenizer, final_dir,
+                                  finish=self._describe_final)
         self.accelerator.wait_for_everyone()
         return TrainResult(output_dir=output_dir, final_dir=final_dir, steps=self.state.step, metrics=metrics)
+
+    def _describe_final(self, folder: Path) -> None:
+        """What `final/` holds besides the model: the run's state (`training_state.json`: steps, tokens, data
+        fingerprint) and, for a LoRA adapter, its base as the user named it."""
+        (folder / "training_state.json").write_text(json.dumps(self.state.__dict__))
+        if (folder / ADAPTER_CONFIG).exists():
+            set_adapter_base(folder, self.config.model.name_or_path)
 
     def close(self) -> None:
         """Close the metrics log and release the output folder (also after an error); idempotent."""
