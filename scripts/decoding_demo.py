@@ -50,15 +50,16 @@ def mean_of(completions: list[Completion], key: str) -> float:
     return sum(c.diagnostics[key] for c in completions) / len(completions)
 
 
-def greedy(model, tokenizer, prompts, max_new_tokens: int) -> list[list[str]]:
-    return draw_samples(model, tokenizer, prompts, n=1, temperature=0, max_new_tokens=max_new_tokens, batch_size=16)[0]
+def greedy(model, tokenizer, prompts, max_new_tokens: int, chat_template: bool = True) -> list[list[str]]:
+    return draw_samples(model, tokenizer, prompts, n=1, temperature=0, max_new_tokens=max_new_tokens, batch_size=16,
+                        chat_template=chat_template)[0]
 
 
 def part_urial(model, tokenizer, rows, args) -> dict:
     prompts = [row["prompt"] for row in rows]
     raw = [render_prompt(tokenizer, p, chat_template=False) for p in prompts]
     chat, t_chat = timed(lambda: greedy(model, tokenizer, prompts, args.max_new_tokens))
-    plain, t_plain = timed(lambda: greedy(model, tokenizer, raw, args.max_new_tokens))
+    plain, t_plain = timed(lambda: greedy(model, tokenizer, raw, args.max_new_tokens, chat_template=False))
     urial_out, t_urial = timed(lambda: urial(model, tokenizer, raw, max_new_tokens=args.max_new_tokens))
     return {"chat_template": summary(rows, [c[0] for c in chat], t_chat),
             "no_template": summary(rows, [c[0] for c in plain], t_plain),

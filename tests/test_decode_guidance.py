@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LogitsProcessorList
 
+from alignkit.data.prompts import render_prompts
 from alignkit.decode.core import decode_new, encode_left_padded
 from alignkit.decode.guidance import GuidedLogits, combine_logprobs, genarm
 from tests.conftest import tiny_llama
@@ -82,7 +83,7 @@ def test_alpha_zero_equals_plain_sampling(base, other_arm, smol_tokenizer):
 def test_copy_of_base_as_arm_closed_form_and_greedy(family, base, smol_tokenizer):
     base = tiny_gpt2(smol_tokenizer) if family == "gpt2" else base
     arm, alpha, temperature = copy.deepcopy(base), 1.0, 0.5
-    encoded = _encoded(smol_tokenizer)
+    encoded = _encoded(smol_tokenizer, render_prompts(smol_tokenizer, PROMPTS))  # genarm templates string prompts
     processor = GuidedLogits([(alpha, arm)], temperature=temperature).for_prompts(encoded["attention_mask"])
     output = _generate(base, smol_tokenizer, encoded, processor, max_new_tokens=4, do_sample=False,
                        output_scores=True, output_logits=True, return_dict_in_generate=True)

@@ -15,7 +15,7 @@ from alignkit.decode.nudging_text import IncrementalLM, TextView, encode
 
 PROMPT = "The quick brown fox"
 # the base reads the bare prompt in most tests (its default is the official just-eval format, tested below)
-nudge_raw = partial(nudging, base_format="{prompt}")
+nudge_raw = partial(nudging, base_format="{prompt}", guide_chat_template=False)  # both read the raw prompt
 # Larger initial weights than the default 0.02 make the random models' next-token distributions peaked
 # (top-1 probabilities spread over roughly 0.15–0.95), so that an intermediate γ lets both models write.
 PEAKED = {"initializer_range": 1.0}

@@ -9,6 +9,7 @@ import pytest
 import torch
 from tests.conftest import tiny_llama
 
+from alignkit.data.prompts import render_prompt
 from alignkit.decode.core import encode_left_padded, generated_length
 from alignkit.decode.search import Prefix, deal, rollout
 from alignkit.decode.transfer_q import transfer_q
@@ -48,8 +49,7 @@ def chat_model(tokenizer, seed=0):
 
 
 def prompt_ids(tokenizer, prompt) -> torch.Tensor:
-    text = prompt if isinstance(prompt, str) else tokenizer.apply_chat_template(prompt, tokenize=False,
-                                                                                add_generation_prompt=True)
+    text = render_prompt(tokenizer, prompt)  # a string prompt too goes through the chat template
     return tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
 
 
@@ -93,7 +93,7 @@ def as_tuple(completions):
 
 def test_rollouts_fork_the_prefix_cache_and_continue_greedily(smol_tokenizer):
     model, k, length = chat_model(smol_tokenizer), 3, 4
-    texts = [smol_tokenizer.apply_chat_template(PROMPTS[0], tokenize=False, add_generation_prompt=True), PROMPTS[1]]
+    texts = [render_prompt(smol_tokenizer, prompt) for prompt in PROMPTS]
     encoded = encode_left_padded(smol_tokenizer, texts, "cpu")
     with torch.inference_mode():
         prefix, logits = Prefix.start(model, encoded["input_ids"], encoded["attention_mask"], use_cache=True)

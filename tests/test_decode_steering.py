@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from alignkit.data.prompts import render_prompts
 from alignkit.decode.core import encode_left_padded
 from alignkit.decode.steering import (
     decoder_layers,
@@ -81,7 +82,7 @@ def test_coefficient_zero_equals_unsteered_generation(smol_tokenizer):
     model = _model(smol_tokenizer)
     prompts = ["Hello there", "Write a poem about the sea and the sky"]
     directions = {1: torch.nn.functional.normalize(torch.randn(32), dim=0)}
-    encoded = encode_left_padded(smol_tokenizer, prompts, model.device)
+    encoded = encode_left_padded(smol_tokenizer, render_prompts(smol_tokenizer, prompts), model.device)
     with torch.no_grad():
         reference = model.generate(**encoded, max_new_tokens=8, do_sample=False, pad_token_id=smol_tokenizer.pad_token_id,
                                    eos_token_id=smol_tokenizer.eos_token_id)[:, encoded["input_ids"].shape[1]:]

@@ -12,12 +12,19 @@ from __future__ import annotations
 import argparse
 
 from alignkit.cli.common import RAW, io_arguments, read_rows, require, write_rows
+from alignkit.cli.generate_verb import add_chat_template_options
 
 SAMPLE_EPILOG = """\
 each output row is the input row plus `samples`: K completions of its prompt (strings for string
 prompts; one-message lists [{"role": "assistant", "content": ...}] for message-list prompts), which
 is the `samples` data format that D2O trains on (with the row's `rejected`), for example:
   alignkit sample --model smollm2-135m-instruct --data negatives.jsonl --k 4 --out d2o.jsonl
+
+chat templates: the model reads every prompt through its chat template, a string prompt as one user
+message. Training (D2O included) tokenizes string prompts as raw text, so for string-prompt data meant
+for training with raw prompts pass --no-chat-template: the samples are then drawn from the raw prompt
+that training sees. Message-list prompts are unaffected (the template is used in training too). A model
+without a chat template needs --chat-template chatml|zephyr|FILE or --no-chat-template.
 """
 
 SCORE_EPILOG = """\
@@ -71,6 +78,7 @@ def _add_sample(verbs: argparse._SubParsersAction) -> None:
     sample.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (each with k samples)")
     sample.add_argument("--seed", type=int, default=0, help="same seed, data and batch size: same samples")
     sample.add_argument("--prompt-field", default="prompt")
+    add_chat_template_options(sample)
     sample.set_defaults(run=_sample)
 
 
@@ -104,7 +112,7 @@ def _sample(args: argparse.Namespace) -> int:
 
     rows = sample_rows(read_rows(args), args.model, k=args.k, max_new_tokens=args.max_new_tokens,
                        temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size, seed=args.seed,
-                       prompt_field=args.prompt_field)
+                       prompt_field=args.prompt_field, chat_template=args.chat_template)
     write_rows(args, rows)
     return 0
 

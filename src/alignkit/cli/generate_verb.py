@@ -5,8 +5,10 @@
     echo "Explain tides." | alignkit generate --method urial --model smollm2-135m-instruct --prompts - --out -
 
 Prompts come from a dataset with a `prompt` field (string or message list), a `.txt` file (one prompt per
-line) or stdin (`-`: JSON lines if the first line starts with "{", else one prompt per line). Each output
-row is the input row plus `method`, `completion`, `tokens` and the method's diagnostics.
+line) or stdin (`-`: JSON lines if the first line starts with "{", else one prompt per line). A string prompt
+is one user message through the model's chat template (`--no-chat-template`: as is; `--chat-template NAME|FILE`
+for a model without one; `add_chat_template_options`). Each output row is the input row plus `method`,
+`completion`, `tokens` and the method's diagnostics.
 """
 
 from __future__ import annotations
@@ -17,7 +19,19 @@ import sys
 
 INPUT_FLAGS = {"reward": "--reward SPEC", "guide": "--guide MODEL", "arm": "--arm MODEL",
                "directions": "--directions FILE or --contrast FILE"}  # how each method input is given here
+CHAT_TEMPLATE_HELP = ("how prompts are rendered for the model: auto (default) uses the model's chat template, a "
+                      "plain-string prompt (a .txt line, a string prompt field) as one user message; none is "
+                      "--no-chat-template; chatml or zephyr is a built-in template and FILE a Jinja template file, "
+                      "for a model whose tokenizer has none (they replace its own). A model without a chat "
+                      "template needs one of these or --no-chat-template")
+NO_CHAT_TEMPLATE_HELP = ("feed prompts as raw text, without a chat template (base models): a string as is, a "
+                         "message list as its last user message")
 EPILOG_TAIL = """
+chat templates: every method renders prompts through --model's chat template except urial (its own
+plain-text frame, always) and nudging's base model (the raw query in its base_format; the --guide reads
+its chat template). --chat-template chatml|zephyr|FILE sets --model's template (and --guide's when it has
+none); --no-chat-template sets chat_template=false (and nudging's guide_chat_template=false).
+
 reward specs are those of `alignkit score --reward` (verifier:..., classifier:PATH, judge:MODEL), plus
 verifier:checks=FILE (each prompt's own instruction check). --param KEY=VALUE sets any keyword parameter
 of the method (values are YAML: 8, 0.4, true, [1, 2]); common ones have their own flags (above).
@@ -34,6 +48,24 @@ def generate_epilog() -> str:
         lines.append(f"  {method.name:<11} {flags}")
         lines.append(f"  {'':<11} {method.description}")
     return "\n".join(lines) + "\n" + EPILOG_TAIL
+
+
+def add_chat_template_options(parser: argparse.ArgumentParser) -> None:
+    """`--chat-template auto|none|chatml|zephyr|FILE` and `--no-chat-template` (`--chat-template none`), into
+    `args.chat_template`; `chat_template_choice(args)` reads it."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--chat-template", default="auto", metavar="auto|none|chatml|zephyr|FILE",
+                       help=CHAT_TEMPLATE_HELP)
+    group.add_argument("--no-chat-template", dest="chat_template", action="store_const", const="none",
+                       default="auto", help=NO_CHAT_TEMPLATE_HELP)
+
+
+def chat_template_choice(args: argparse.Namespace) -> bool | str:
+    """True (the model's template), False (raw text) or the Jinja source of --chat-template NAME|FILE (a
+    ValueError for a missing FILE, before any model loads)."""
+    from alignkit.data.prompts import resolve_chat_template
+
+    return resolve_chat_template(args.chat_template)
 
 
 def add_generate_verb(verbs: argparse._SubParsersAction) -> None:
@@ -65,6 +97,7 @@ def add_generate_verb(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="any method parameter")
+    add_chat_template_options(parser)
     parser.set_defaults(run=_generate)
 
 
@@ -78,7 +111,8 @@ def _generate(args: argparse.Namespace) -> int:
         if getattr(args, flag) is None:
             raise ValueError(f"--{flag} is required (or use --list)")
     method = get_method(args.method)
-    parameters = {**_parameters(args.param), **_common(args)}
+    template = chat_template_choice(args)
+    parameters = {**_raw_prompts(method, template), **_parameters(args.param), **_common(args)}
     check_parameters(method, {**parameters, **{need: True for need in method.needs}})
     if args.out != "-":
         from alignkit.data.writing import check_output
@@ -92,11 +126,26 @@ def _generate(args: argparse.Namespace) -> int:
         raise ValueError(f"no prompts in {args.prompts}")
     rows, prompts = [record.data for record in records], read_prompts(records, args.prompt_field)
     model, tokenizer = _load(args.model)
+    _set_template(tokenizer, template, replace=True)
     parameters.update(_inputs(args, method, model, tokenizer))
+    _set_template(parameters.get("guide_tokenizer"), template, replace=False)
     completions = method.function(model, tokenizer, prompts, **parameters)
     out_rows = [{**row, "method": method.name, **completion.to_json()} for row, completion in zip(rows, completions)]
     _write(out_rows, args)
     return 0
+
+
+def _raw_prompts(method, template: bool | str) -> dict:
+    """With --no-chat-template: `chat_template=False` (and nudging's `guide_chat_template=False`)."""
+    if template is not False:
+        return {}
+    return {name: False for name in ("chat_template", "guide_chat_template") if name in method.parameters()}
+
+
+def _set_template(tokenizer, template: bool | str, replace: bool) -> None:
+    """--chat-template NAME|FILE: the tokenizer's chat template (kept when it has one and not `replace`)."""
+    if tokenizer is not None and isinstance(template, str) and (replace or not tokenizer.chat_template):
+        tokenizer.chat_template = template
 
 
 def _print_methods(methods: dict) -> None:

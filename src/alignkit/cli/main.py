@@ -19,7 +19,9 @@ import textwrap
 
 from alignkit.cli.data_verbs import add_data_verbs
 from alignkit.cli.dataset_verbs import add_dataset_verbs
+from alignkit.cli.export_verb import add_export_verb
 from alignkit.cli.generate_verb import add_generate_verb
+from alignkit.cli.recipes_verb import add_recipes_verb
 
 TRAIN_EPILOG = """\
 overrides are dotted keys of the recipe, for example:
@@ -49,15 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--print-config", action="store_true", help="print the merged config and exit")
     train.set_defaults(run=_train)
 
+    from alignkit.cli.generate_verb import add_chat_template_options
+
     evaluate = verbs.add_parser("evaluate", help="instruction-following pass rates of one or more models",
                                 description="Greedy completions of held-out prompts, scored by programmatic "
-                                            "checks; with two models, a before/after table.")
+                                            "checks; with two models, a before/after table. Every prompt (a "
+                                            "string as one user message) goes through each model's chat "
+                                            "template; see --chat-template and --no-chat-template.")
     evaluate.add_argument("--model", action="append", required=True,
                           help="model to evaluate (repeat: the first is 'before', the second 'after')")
     evaluate.add_argument("--data", default=None, help="held-out rows JSONL (default: the shipped demo set)")
     evaluate.add_argument("--max-new-tokens", type=int, default=96)
     evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.add_argument("--output", help="write per-row completions and results as JSONL here")
+    add_chat_template_options(evaluate)
     evaluate.set_defaults(run=_evaluate)
 
     objectives = verbs.add_parser("objectives", help="list the registered training objectives",
@@ -69,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset_verbs(verbs)
     add_data_verbs(verbs)
     add_generate_verb(verbs)
+    add_export_verb(verbs)
+    add_recipes_verb(verbs)
     return parser
 
 
@@ -99,18 +108,20 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
+    from alignkit.data.prompts import resolve_chat_template
     from alignkit.eval.instructions import evaluate_instructions, format_comparison, load_heldout
     from alignkit.models import load
 
     if len(args.model) > 2:
         raise SystemExit("evaluate: give one model, or two (before and after)")
+    chat_template = resolve_chat_template(args.chat_template)  # a missing FILE is reported before any model loads
     rows = load_heldout(args.data)
     reports = []
     for name in args.model:
         model, tokenizer, _ = load(name)
         model.eval()
         report = evaluate_instructions(model, tokenizer, rows, max_new_tokens=args.max_new_tokens,
-                                       batch_size=args.batch_size)
+                                       batch_size=args.batch_size, chat_template=chat_template)
         reports.append(report)
         print(f"{name}: {report.passed}/{len(report.rows)} held-out prompts pass their check", flush=True)
     if args.output:

@@ -3,8 +3,10 @@
 A prompt or completion (`Content`) is a plain string or a TRL-style message list
 (`[{"role": ..., "content": ...}, ...]`). This module turns either into
 
-* the text a model is fed (`render_prompt`: a message list through the tokenizer's chat template with the
-  generation prompt; a string as is) and its token ids as training tokenizes them (`prompt_ids`);
+* the text a model is fed when decoding (`render_prompt`, `render_prompts`: a string as one user message, or a
+  message list, through the tokenizer's chat template with the generation prompt; a built-in ChatML/Zephyr
+  template or a Jinja file for a tokenizer without one; the text as is with `chat_template=False`) and a
+  prompt's token ids as training tokenizes them (`prompt_ids`: a string stays raw text, TRL's convention);
 * the plain text of a prompt or completion (`prompt_text`, `text_of`) for verifiers, judges and rewards;
 * a transcript (`transcript`) for judges that read a conversation as text;
 * a hashable key (`content_key`) for caches and per-prompt tables.
@@ -16,6 +18,8 @@ everywhere.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Union
 
 Content = Union[str, list]
@@ -51,23 +55,84 @@ def transcript(prompt: Prompt) -> str:
     return "\n".join(f"{m.get('role', 'user').capitalize()}: {content_text(m.get('content', ''))}" for m in prompt)
 
 
-def render_prompt(tokenizer: Any, prompt: Prompt, chat_template: bool = True) -> str:
-    """The text fed to the model. A message list goes through the tokenizer's chat template with the
-    generation prompt; with `chat_template=False` (a base model) it becomes `prompt_text(prompt)`. A string
-    is always used as is."""
-    if isinstance(prompt, str):
-        return prompt
-    if not chat_template:
-        return prompt_text(prompt)
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError("message-list prompts need a tokenizer with a chat template")
-    return tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+# Built-in fallback templates for a model whose tokenizer has none (`chat_template="chatml"` / `"zephyr"`).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' "
+    "+ '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+ZEPHYR_TEMPLATE = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + '</s>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}")
+BUILTIN_TEMPLATES = {"chatml": CHATML_TEMPLATE, "zephyr": ZEPHYR_TEMPLATE}
+# How a prompt is rendered for decoding: True or "auto" (the tokenizer's chat template), False or "none" (the
+# text as is), "chatml" / "zephyr" (a built-in template), a path to a Jinja file, or Jinja source itself.
+ChatTemplate = Union[bool, str]
+
+
+def template_source(choice: str) -> str:
+    """The Jinja source a template choice names: a built-in ("chatml", "zephyr"), a string holding Jinja tags
+    (taken as the template itself), or the path of a Jinja file (a ValueError when there is no such file)."""
+    if choice in BUILTIN_TEMPLATES:
+        return BUILTIN_TEMPLATES[choice]
+    if "{%" in choice or "{{" in choice:
+        return choice
+    path = Path(choice).expanduser()
+    if not path.is_file():
+        raise ValueError(f"chat template {choice!r}: not one of {', '.join(BUILTIN_TEMPLATES)}, auto, none, "
+                         "nor a Jinja template file")
+    return path.read_text(encoding="utf-8")
+
+
+def resolve_chat_template(choice: ChatTemplate) -> bool | str:
+    """A choice as True (the tokenizer's own template), False (no template) or the Jinja source to use."""
+    if choice is True or choice == "auto":
+        return True
+    if choice is False or choice == "none":
+        return False
+    if isinstance(choice, str):
+        return template_source(choice)
+    raise ValueError(f"chat_template must be True, False, 'auto', 'none', 'chatml', 'zephyr' or a Jinja file, "
+                     f"got {choice!r}")
+
+
+def missing_template_message(tokenizer: Any) -> str:
+    """What to say when a prompt needs a chat template and the tokenizer has none."""
+    name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+    return (f"the tokenizer of {name} has no chat template, so a prompt cannot be rendered as a chat: set one with "
+            f"chat_template='chatml' or 'zephyr' or a Jinja file path (CLI: --chat-template chatml|zephyr|FILE), "
+            f"or feed the prompt text as is with chat_template=False (CLI: --no-chat-template) for a base model")
+
+
+def render_prompts(tokenizer: Any, prompts: Sequence[Prompt], chat_template: ChatTemplate = True) -> list[str]:
+    """The text fed to the model for each prompt (`render_prompt`), the template choice resolved once."""
+    resolved = resolve_chat_template(chat_template)
+    return [_render(tokenizer, prompt, resolved) for prompt in prompts]
+
+
+def render_prompt(tokenizer: Any, prompt: Prompt, chat_template: ChatTemplate = True) -> str:
+    """The text fed to the model when decoding. A string is one user message; a message list is itself. Both go
+    through the tokenizer's chat template with the generation prompt (`chat_template=True` or "auto"; a
+    ValueError saying what to do when the tokenizer has none), or through another template (`"chatml"`,
+    `"zephyr"`, a Jinja file path or Jinja source: used instead of the tokenizer's, which is left unchanged).
+    With `chat_template=False` or "none" (a base model) a string is used as is and a message list becomes
+    `prompt_text(prompt)`. Training renders string prompts raw instead (`prompt_ids`)."""
+    return _render(tokenizer, prompt, resolve_chat_template(chat_template))
+
+
+def _render(tokenizer: Any, prompt: Prompt, template: bool | str) -> str:
+    if template is False:
+        return prompt if isinstance(prompt, str) else prompt_text(prompt)
+    if template is True and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(missing_template_message(tokenizer))
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                         chat_template=None if template is True else template)
 
 
 def prompt_ids(tokenizer: Any, prompt: Prompt) -> list[int]:
-    """The token ids of a prompt as the trainer tokenizes it: a rendered message list without extra special
-    tokens (the chat template supplies them), a string with the tokenizer's special tokens (e.g. a BOS)."""
-    text = render_prompt(tokenizer, prompt)
+    """The token ids of a prompt as the trainer tokenizes it (TRL's convention): a message list rendered with
+    the chat template, without extra special tokens (the template supplies them); a string as raw text, with
+    the tokenizer's special tokens (e.g. a BOS) and no chat template."""
+    text = prompt if isinstance(prompt, str) else render_prompt(tokenizer, prompt)
     return list(tokenizer(text, add_special_tokens=isinstance(prompt, str))["input_ids"])
 
 

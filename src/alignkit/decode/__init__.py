@@ -2,6 +2,10 @@
 
 Every method has the signature `method(model, tokenizer, prompts, **parameters) -> list[Completion]`
 and is also reachable by name through `run_method(name, ...)` and `alignkit generate --method NAME`.
+Prompts are strings or message lists; both go through the tokenizer's chat template (a string as one user
+message) unless `chat_template=False` (raw text, for base models); a tokenizer without a template takes
+`chat_template="chatml"`, `"zephyr"` or a Jinja file (`alignkit.data.prompts.render_prompt`). URIAL and
+nudging's base model read their own plain-text frames instead.
 """
 
 from alignkit.decode.core import Completion, ForwardCounter

@@ -25,7 +25,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from alignkit.data.prompts import Prompt, render_prompt
+from alignkit.data.prompts import ChatTemplate, Prompt, render_prompts
 from alignkit.decode.core import (
     Completion,
     ForwardCounter,
@@ -185,7 +185,7 @@ def genarm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
            arm: PreTrainedModel | Sequence[PreTrainedModel], alpha: float | Sequence[float] = 1.0,
            temperature: float | None = None, do_sample: bool = True, top_k: int = 0, top_p: float = 1.0,
            max_new_tokens: int = 128, batch_size: int = 8, seed: int | None = 0,
-           chat_template: bool = True) -> list[Completion]:
+           chat_template: ChatTemplate = True) -> list[Completion]:
     """GenARM guided decoding (Xu et al., arXiv 2410.08193): sample from
     scores = (log π_base(y_t|·) + Σ_i α_i log π_arm_i(y_t|·)) / T, i.e. π_base · Π_i π_arm_i^α_i at T = 1.
 
@@ -208,7 +208,7 @@ def genarm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
                       "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
                       "temperature": 1.0 if do_sample else None, "top_k": top_k if do_sample else None,
                       "top_p": top_p if do_sample else None}
-    texts = [render_prompt(tokenizer, prompt, chat_template) for prompt in prompts]
+    texts = render_prompts(tokenizer, prompts, chat_template)
     order = sorted(range(len(texts)), key=lambda i: len(tokenizer(texts[i], add_special_tokens=False)["input_ids"]))
     results: list[Completion] = [None] * len(texts)  # type: ignore[list-item]
     models = _distinct(model, *arms)

@@ -35,7 +35,7 @@ from typing import Literal
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from alignkit.data.prompts import Prompt, render_prompt
+from alignkit.data.prompts import ChatTemplate, Prompt, render_prompt, render_prompts, resolve_chat_template
 from alignkit.decode.core import Completion, ForwardCounter, evaluating
 from alignkit.decode.methods import Method, register_method
 from alignkit.decode.nudging_text import (
@@ -166,10 +166,25 @@ def same_vocabulary(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> b
     return a is b or a.get_vocab() == b.get_vocab()
 
 
+def nudging_prompts(tokenizer: PreTrainedTokenizerBase, guide_tokenizer: PreTrainedTokenizerBase,
+                    prompts: Sequence[Prompt], chat_template: ChatTemplate, guide_chat_template: ChatTemplate,
+                    base_format: str) -> list[tuple[str, str]]:
+    """(base text, guide text) per prompt. The base reads `base_format` around the raw query text
+    (`render_prompt(..., False)`: a string as is, a message list's last user message) unless `chat_template` is
+    True or names a template; the guide renders the prompt with `guide_chat_template` (by default its chat
+    template, a string prompt as one user message)."""
+    base_template = resolve_chat_template(chat_template)
+    if base_template is False:
+        base_texts = [base_format.format(prompt=render_prompt(tokenizer, prompt, False)) for prompt in prompts]
+    else:
+        base_texts = render_prompts(tokenizer, prompts, base_template)
+    return list(zip(base_texts, render_prompts(guide_tokenizer, prompts, guide_chat_template)))
+
+
 def nudging(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], *,
             guide: PreTrainedModel, guide_tokenizer: PreTrainedTokenizerBase | None = None, gamma: float = 0.4,
-            draft_tokens: int = 16, max_new_tokens: int = 128, chat_template: bool = False,
-            guide_chat_template: bool = True, seed: int | None = 0, batch_size: int = 1,
+            draft_tokens: int = 16, max_new_tokens: int = 128, chat_template: ChatTemplate = False,
+            guide_chat_template: ChatTemplate = True, seed: int | None = 0, batch_size: int = 1,
             mode: NudgingMode = "auto", use_cache: bool = True, max_rounds: int = 150,
             guide_first: bool = False, lazy_draft: bool = True, base_format: str = BASE_FORMAT) -> list[Completion]:
     """Nudge the base `model` with the small aligned `guide` (arXiv 2410.09300).
@@ -177,7 +192,9 @@ def nudging(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts:
     Defaults: γ = 0.4 (README/notebook; argparse 0.3, UNVERIFIED which the paper used), `draft_tokens` = 16
     (`completion_token_num_nudging`), `max_rounds` = 150 (`max_round`), greedy decoding. The base reads the raw
     prompt in `base_format` (`{prompt}` is the query text; default the official just-eval format
-    `BASE_FORMAT`) unless `chat_template=True`, the guide its chat template. `mode="auto"` picks
+    `BASE_FORMAT`) unless `chat_template=True` (or a template name or file, as in `render_prompt`); the guide
+    reads its chat template, a string prompt as one user message (`guide_chat_template`: False feeds the guide
+    the raw prompt, or name a template; see `nudging_prompts`). `mode="auto"` picks
     the token level when both tokenizers have the same vocabulary, else the text level; `use_cache=False`
     recomputes every forward over the whole sequence (reference path); `lazy_draft` (token level) drafts one
     token at a time instead of the notebook's full draft (see the module docstring). Prompts are processed one after
@@ -199,10 +216,8 @@ def nudging(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts:
     settings = NudgingSettings(gamma, draft_tokens, max_new_tokens, max_rounds, guide_first)
     completions = []
     with evaluating(model, guide):
-        for prompt in prompts:
-            base_text = render_prompt(tokenizer, prompt, True) if chat_template else \
-                base_format.format(prompt=render_prompt(tokenizer, prompt, False))
-            guide_text = render_prompt(guide_tokenizer, prompt, guide_chat_template)
+        for base_text, guide_text in nudging_prompts(tokenizer, guide_tokenizer, prompts, chat_template,
+                                                     guide_chat_template, base_format):
             base_lm, guide_lm = IncrementalLM(model, use_cache), IncrementalLM(guide, use_cache)
             with ForwardCounter(model, guide) as counter:
                 if token_level:

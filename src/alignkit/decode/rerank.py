@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from alignkit.data.prompts import Content, Prompt, as_completion
+from alignkit.data.prompts import ChatTemplate, Content, Prompt, as_completion
 from alignkit.decode.core import Completion
 from alignkit.decode.methods import Method, register_method
 from alignkit.decode.sampling import draw_samples
@@ -92,7 +92,8 @@ def score_samples(reward: Reward, prompts: Sequence[Prompt], texts: Sequence[Seq
 def sample_candidates(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], *,
                       reward: Reward, n: int, temperature: float = 1.0, top_p: float = 1.0,
                       calibration: Calibration = None, batched: bool = True, max_new_tokens: int = 128,
-                      batch_size: int = 8, seed: int | None = 0, chat_template: bool = True) -> Candidates:
+                      batch_size: int = 8, seed: int | None = 0,
+                      chat_template: ChatTemplate = True) -> Candidates:
     """All N scored candidates per prompt (`draw_samples` then `score_samples`), e.g. for ASR@N curves."""
     texts, tokens, passes = draw_samples(model, tokenizer, prompts, n=n, temperature=temperature, top_p=top_p,
                                          max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
@@ -132,14 +133,16 @@ def rerank(candidates: Candidates, select: str) -> list[Completion]:
 def sample_and_rerank(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], *,
                       reward: Reward, n: int, select: str, temperature: float = 1.0, top_p: float = 1.0,
                       calibration: Calibration = None, batched: bool = True, max_new_tokens: int = 128,
-                      batch_size: int = 8, seed: int | None = 0, chat_template: bool = True) -> list[Completion]:
+                      batch_size: int = 8, seed: int | None = 0,
+                      chat_template: ChatTemplate = True) -> list[Completion]:
     """Draw N samples per prompt from π at (`temperature`, `top_p`), score them with `reward`, keep
     argmax (`select="max"`) or argmin (`"min"`) per prompt, ties to the first sample.
 
     Diagnostics: `forward_passes`, `forward_passes_per_token` (per selected token; ≈ N), `reward_calls`
     (N plus the reference completions scored for calibration), `n`, `selected_index`, `selected_reward` (raw),
     `mean_reward` (raw, over the N); with `calibration`, also `selected_reward_calibrated` and
-    `mean_reward_calibrated`. For all N candidates use `sample_candidates` (then `rerank`).
+    `mean_reward_calibrated`. For all N candidates use `sample_candidates` (then `rerank`). Prompts are rendered
+    as in `draw_samples` (`chat_template`: a string prompt through the chat template unless False).
     """
     candidates = sample_candidates(model, tokenizer, prompts, reward=reward, n=n, temperature=temperature,
                                    top_p=top_p, calibration=calibration, batched=batched,
@@ -151,7 +154,8 @@ def sample_and_rerank(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
 def best_of_n(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], *,
               reward: Reward, n: int = 8, temperature: float = 1.0, top_p: float = 1.0,
               calibration: Calibration = None, batched: bool = True, max_new_tokens: int = 128,
-              batch_size: int = 8, seed: int | None = 0, chat_template: bool = True) -> list[Completion]:
+              batch_size: int = 8, seed: int | None = 0,
+              chat_template: ChatTemplate = True) -> list[Completion]:
     """Best-of-N: the sample with the highest reward (n = 8: AISteer360 `best_of_n` / TRL `BestOfNSampler`).
 
     With `calibration` (InfAlign calibrated BoN) the selection score is Φ(C(x, r(x, y))), C the per-prompt
@@ -170,7 +174,8 @@ def best_of_n(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt
 def worst_of_n(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], *,
                reward: Reward, n: int = 8, temperature: float = 1.0, top_p: float = 1.0,
                calibration: Calibration = None, batched: bool = True, max_new_tokens: int = 128,
-               batch_size: int = 8, seed: int | None = 0, chat_template: bool = True) -> list[Completion]:
+               batch_size: int = 8, seed: int | None = 0,
+               chat_template: ChatTemplate = True) -> list[Completion]:
     """Worst-of-N (best-of-N jailbreaking, InfAlign arXiv 2412.19792): the adversary keeps the sample with the
     lowest (safety) reward. n = 8 mirrors `best_of_n`; the ASR@N curve uses N ∈ {1, 2, 4, …, 32}."""
     return sample_and_rerank(model, tokenizer, prompts, reward=reward, n=n, select="min", temperature=temperature,

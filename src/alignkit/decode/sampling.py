@@ -2,7 +2,8 @@
 
 Every method that needs plain samples goes through `draw_samples`: best-of-N and worst-of-N reranking, greedy
 evaluation (`temperature=0`), and `alignkit sample` (D2O's K self-samples per prompt, Duan et al. 2024,
-arXiv 2403.03419). Prompts are rendered (`alignkit.data.prompts.render_prompt`), sorted by token length into
+arXiv 2403.03419). Prompts are rendered (`alignkit.data.prompts.render_prompts`: a string prompt is one user
+message through the chat template unless `chat_template=False`), sorted by token length into
 batches (less padding), left-padded, and decoded under `torch.inference_mode()`; one `model.generate` call per
 batch with `num_return_sequences=N` (transformers expands the rows before prefill, so the prefill runs over
 N rows per prompt). `batched=False` instead makes N generate calls of one sample each (for the speed
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from alignkit.data.prompts import Prompt, render_prompt
+from alignkit.data.prompts import ChatTemplate, Prompt, render_prompts
 from alignkit.decode.core import ForwardCounter, decode_new, encode_left_padded, evaluating, seeded
 
 
@@ -51,7 +52,7 @@ def _sample_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, te
 
 def draw_samples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], *, n: int,
                  temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 128, batch_size: int = 8,
-                 seed: int | None = 0, chat_template: bool = True,
+                 seed: int | None = 0, chat_template: ChatTemplate = True,
                  batched: bool = True) -> tuple[list[list[str]], list[list[int]], list[float]]:
     """(texts [P][N], token counts [P][N], forward passes per prompt) of N samples per prompt, in prompt order.
 
@@ -59,7 +60,9 @@ def draw_samples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pro
     decodes greedily once and repeats the completion N times. With `seed`, `torch.manual_seed(seed)` once (the
     same inputs, batch size and device reproduce); the global RNG state is restored afterwards. A prompt's
     forward passes are its batch's counted rows divided by the prompts in the batch: N rows per model call,
-    finished rows included, i.e. N·T for a run of T tokens.
+    finished rows included, i.e. N·T for a run of T tokens. Prompts (strings and message lists) are rendered
+    with `render_prompts(tokenizer, prompts, chat_template)`: through the tokenizer's chat template by default,
+    "chatml"/"zephyr"/a Jinja file for a tokenizer without one, the text as is with `chat_template=False`.
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
@@ -67,7 +70,7 @@ def draw_samples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pro
         raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    texts = [render_prompt(tokenizer, prompt, chat_template) for prompt in prompts]
+    texts = render_prompts(tokenizer, prompts, chat_template)
     lengths = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
     order = sorted(range(len(texts)), key=lengths.__getitem__)
     settings = generate_settings(tokenizer, temperature, top_p, max_new_tokens, n)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from alignkit.data.prompts import Prompt, render_prompt
+from alignkit.data.prompts import ChatTemplate, Prompt, render_prompts, resolve_chat_template
 from alignkit.decode.core import (Completion, ForwardCounter, encode_left_padded, evaluating, generated_length,
                                   seeded)
 from alignkit.decode.guidance import combine_logprobs
@@ -148,7 +148,7 @@ class Hypothesis:
 def search(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], *,
            value: ValueFn, settings: SearchSettings, rollout_model: PreTrainedModel | None = None,
            max_new_tokens: int = 128, batch_size: int = 1, seed: int | None = 0,
-           chat_template: bool = True) -> tuple[list[Hypothesis], list[dict[str, float]]]:
+           chat_template: ChatTemplate = True) -> tuple[list[Hypothesis], list[dict[str, float]]]:
     """The search driver (module docstring): best hypothesis and diagnostics per prompt, in prompt order.
 
     `value(prompts, texts)` scores the decoded text of beam + candidate + rollout (special tokens skipped,
@@ -158,6 +158,7 @@ def search(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
     both per generated token. With `batch_size` > 1 they are the batch's totals shared evenly by its prompts.
     """
     settings.check()
+    chat_template = resolve_chat_template(chat_template)  # once, not per batch (a template file is read here)
     rollout_model = None if rollout_model is model else rollout_model
     models = [model] + ([rollout_model] if rollout_model is not None else [])
     hypotheses: list[Hypothesis] = []
@@ -180,9 +181,9 @@ def search(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
 
 def _search_batch(model: PreTrainedModel, rollout_model: PreTrainedModel | None, tokenizer: PreTrainedTokenizerBase,
                   prompts: list[Prompt], value: ValueFn, settings: SearchSettings, max_new_tokens: int,
-                  chat_template: bool) -> tuple[list[Hypothesis], int]:
+                  chat_template: ChatTemplate) -> tuple[list[Hypothesis], int]:
     """Search for one batch of prompts; returns the best hypothesis per prompt and the number of value calls."""
-    encoded = encode_left_padded(tokenizer, [render_prompt(tokenizer, p, chat_template) for p in prompts], model.device)
+    encoded = encode_left_padded(tokenizer, render_prompts(tokenizer, prompts, chat_template), model.device)
     prior, logits = Prefix.start(model, encoded["input_ids"], encoded["attention_mask"], settings.use_cache)
     roller = prior
     if rollout_model is not None and settings.lookahead > 0:
@@ -276,7 +277,7 @@ def reward_value(reward: Reward) -> ValueFn:
 
 def deal(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], *, reward: Reward,
          k: int = 5, lookahead: int = 10, lam: float = 1.0, beams: int = 1, max_new_tokens: int = 128,
-         batch_size: int = 1, seed: int | None = 0, chat_template: bool = True,
+         batch_size: int = 1, seed: int | None = 0, chat_template: ChatTemplate = True,
          use_cache: bool = True) -> list[Completion]:
     """DeAL, decoding as heuristic-guided search (Huang et al., arXiv 2402.06147, ACL 2025).
 

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from alignkit.data.prompts import Prompt, render_prompt, text_of
+from alignkit.data.prompts import ChatTemplate, Prompt, render_prompt, render_prompts, text_of
 from alignkit.data.records import Record
 from alignkit.data.rows import RowProblem, collect
 from alignkit.decode.core import (
@@ -84,10 +84,11 @@ def recorded_outputs(model: PreTrainedModel, layers: Sequence[int]) -> Iterator[
 def read_hidden_states(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt],
                        layers: Sequence[int], token: int, batch_size: int) -> dict[int, torch.Tensor]:
     """Per layer, the block output at position `token` (negative: counted from the end) of every prompt [N, H],
-    float32. Batched and left-padded, so negative positions are the prompt's own tokens."""
+    float32. Batched and left-padded, so negative positions are the prompt's own tokens. A string is read as the
+    text it is (a contrast text, e.g. from `contrast_texts`); a message list through the chat template."""
     if token >= 0:
         raise ValueError("token must be a negative position (counted from the end; -1 = last token)")
-    texts = [render_prompt(tokenizer, prompt) for prompt in prompts]
+    texts = [prompt if isinstance(prompt, str) else render_prompt(tokenizer, prompt) for prompt in prompts]
     with evaluating(model), recorded_outputs(model, layers) as outputs:
         for start in range(0, len(texts), batch_size):
             model(**encode_left_padded(tokenizer, texts[start:start + batch_size], model.device))
@@ -130,14 +131,16 @@ def steering_directions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
 
 def contrast_texts(records: Sequence[Record], tokenizer: PreTrainedTokenizerBase) -> tuple[list[str], list[str]]:
     """Positive and negative texts for `steering_directions`: rows {positive, negative}, or preference rows whose
-    prompt is rendered with the chat template and followed by the chosen (positive) or rejected (negative)
-    answer's text. A row with neither is a DataError naming it."""
+    prompt is rendered with the chat template (a string prompt stays raw text, as training tokenizes it) and
+    followed by the chosen (positive) or rejected (negative) answer's text. A row with neither is a DataError
+    naming it."""
     def read(record: Record) -> tuple[str, str]:
         row = record.data
         if "positive" in row and "negative" in row:
             return str(row["positive"]), str(row["negative"])
         if all(key in row for key in ("prompt", "chosen", "rejected")):
-            prefix = render_prompt(tokenizer, row["prompt"])
+            prompt = row["prompt"]
+            prefix = prompt if isinstance(prompt, str) else render_prompt(tokenizer, prompt)
             return prefix + text_of(row["chosen"]), prefix + text_of(row["rejected"])
         raise RowProblem(None, "needs fields positive and negative, or prompt, chosen and rejected")
     contrasts = collect(records, read)
@@ -181,7 +184,7 @@ def load_directions(path: str | Path) -> dict[int, torch.Tensor]:
 def steering(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], *,
              directions: Directions | str | Path, coefficient: float = 1.0, max_new_tokens: int = 128,
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 8,
-             seed: int | None = 0, chat_template: bool = True) -> list[Completion]:
+             seed: int | None = 0, chat_template: ChatTemplate = True) -> list[Completion]:
     """Generate with `coefficient`·v_l added to the chosen blocks' outputs (directions, or a safetensors path).
 
     The paper sweeps the coefficient over [−10, 10] (step 0.25) and reports alignment gains linear and
@@ -191,7 +194,7 @@ def steering(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     (rows per prompt), `coefficient`, `steered_layers`.
     """
     vectors = load_directions(directions) if isinstance(directions, (str, Path)) else directions
-    texts = [render_prompt(tokenizer, prompt, chat_template) for prompt in prompts]
+    texts = render_prompts(tokenizer, prompts, chat_template)
     settings: dict = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     if do_sample:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from alignkit.data.prompts import Prompt
+from alignkit.data.prompts import ChatTemplate, Prompt
 from alignkit.decode.core import Completion
 from alignkit.decode.methods import Method, register_method
 from alignkit.decode.search import SearchSettings, ValueFn, completions, reward_value, search
@@ -58,7 +58,7 @@ def transfer_q(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, promp
                rollout_tokenizer: PreTrainedTokenizerBase | None = None, k: int = 10, alpha: float = 1.0,
                lookahead: int = 20, mode: str = "greedy", temperature: float = 1.0,
                baseline_reward: Reward | None = None, inv_beta: float = 0.5, max_new_tokens: int = 128,
-               batch_size: int = 1, seed: int | None = 0, chat_template: bool = True,
+               batch_size: int = 1, seed: int | None = 0, chat_template: ChatTemplate = True,
                use_cache: bool = True) -> list[Completion]:
     """Transfer Q* decoding with `model` as the prior π_prior (Chakraborty et al., arXiv 2405.20495).
 

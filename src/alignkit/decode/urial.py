@@ -154,10 +154,11 @@ def urial(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: S
     1.15), stops "# Query"/"# User". The whole prompt is tokenized with the tokenizer's special tokens (as vLLM
     does); its first `prefix_tokens` tokens, shared by all prompts, come from one cached prefill
     (`use_prefix_cache=False` feeds every whole prompt instead: the reference path). `chat_template` must stay
-    False: the URIAL frame replaces the chat template. Diagnostics: `forward_passes` (rows per prompt, the
-    prefill amortised over all prompts), `prefix_tokens`, `stopped_on_string` (1 if cut at a stop string).
+    False (or "none"): the URIAL frame replaces the chat template, for string and message-list prompts alike.
+    Diagnostics: `forward_passes` (rows per prompt, the prefill amortised over all prompts), `prefix_tokens`,
+    `stopped_on_string` (1 if cut at a stop string).
     """
-    if chat_template:
+    if chat_template and chat_template != "none":
         raise ValueError("URIAL prompts a base model: its frame replaces the chat template (use chat_template=False)")
     texts = [urial_prompt(conversation_turns(p), prompt) for p in prompts]
     rows = [tokenizer(text)["input_ids"] for text in texts]

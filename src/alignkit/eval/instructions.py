@@ -17,6 +17,7 @@ from pathlib import Path
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignkit.data import Record, collect, load_records
+from alignkit.data.prompts import ChatTemplate
 from alignkit.data.rows import RowProblem, prompt_field, required
 from alignkit.decode.sampling import draw_samples
 from alignkit.models.verifiers import CHECK_TYPES, check, family, substantive
@@ -92,10 +93,13 @@ def load_heldout(path: str | Path | None = None) -> list[dict]:
 
 
 def evaluate_instructions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict], *,
-                          max_new_tokens: int = 96, batch_size: int = 16) -> InstructionReport:
-    """Greedily complete every row's prompt and score it with the row's check."""
+                          max_new_tokens: int = 96, batch_size: int = 16,
+                          chat_template: ChatTemplate = True) -> InstructionReport:
+    """Greedily complete every row's prompt and score it with the row's check. Prompts, strings and message
+    lists alike, go through the tokenizer's chat template (`chat_template`: "chatml", "zephyr" or a Jinja file
+    for a model without one; False feeds the prompt text as is), as `alignkit.data.prompts.render_prompt`."""
     texts, _, _ = draw_samples(model, tokenizer, [row["prompt"] for row in rows], n=1, temperature=0,
-                               max_new_tokens=max_new_tokens, batch_size=batch_size)
+                               max_new_tokens=max_new_tokens, batch_size=batch_size, chat_template=chat_template)
     return score_instructions(rows, [outs[0] for outs in texts])
 
 
