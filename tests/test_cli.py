@@ -91,3 +91,15 @@ def test_help_lists_verbs(capsys):
     assert exit_info.value.code == 0
     usage = capsys.readouterr().out
     assert all(verb in usage for verb in ("train", "evaluate", "objectives"))
+
+
+@pytest.mark.parametrize("verb", [["objectives"], ["recipes"], ["train", "--print-config"], ["--version"]])
+def test_listing_verbs_do_not_import_torch_or_transformers(verb):
+    """What makes them answer in a fraction of a second: no torch (about 1 s to import), no transformers models."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from alignkit.cli.main import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules, 'transformers.modeling_utils' in sys.modules)") % (verb,)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip().splitlines()[-1] == "False False", done.stdout[-500:] + done.stderr[-500:]

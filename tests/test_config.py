@@ -153,3 +153,18 @@ def leaf_keys(cls, prefix=""):
 def test_every_field_but_the_booleans_has_a_rule():
     keys = {key for key, kind in leaf_keys(TrainConfig) if kind is not bool} - {"objective.params"}
     assert keys == set(config_module.RULES)
+
+
+def test_the_schedules_accepted_are_transformers_schedules_the_trainer_can_build():
+    import torch
+    from transformers import SchedulerType, get_scheduler
+
+    from alignkit.train.config import SCHEDULES
+
+    assert set(SCHEDULES) <= {schedule.value for schedule in SchedulerType}
+    for name in SCHEDULES:
+        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        scheduler = get_scheduler(name, optimizer, num_warmup_steps=1, num_training_steps=10)
+        optimizer.step()
+        scheduler.step()
+        assert hasattr(scheduler, "lr_lambdas"), name  # --resume can apply a changed learning rate to it

@@ -159,31 +159,36 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' and the hub's bars; read at import
     args = parse(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    from alignkit.models import ModelLoadError
-    from alignkit.train.guard import NonFiniteError
-
     try:
         return args.run(args)
-    except NonFiniteError as err:  # the run stopped on a NaN or inf; its last checkpoint is intact
-        if args.verbose:
+    except Exception as err:
+        code = _reported(args, err)
+        if code is None or args.verbose:
             raise
-        print(f"alignkit {args.verb}: stopped: {err}", file=sys.stderr)
+        return code
+
+
+def _reported(args: argparse.Namespace, err: Exception) -> int | None:
+    """Print a one-line message for an error the user can act on and return the exit status (3: a run stopped
+    on a NaN or inf, its last checkpoint intact; 2: bad arguments, data, config or model); None for anything
+    else (a bug: the traceback is shown). The error classes are imported here, not at start-up."""
+    from alignkit.models.loading import ModelLoadError
+    from alignkit.train.guard import NonFiniteError
+
+    verb = " ".join(filter(None, (args.verb, getattr(args, "transform", None))))
+    if isinstance(err, NonFiniteError):
+        print(f"alignkit {verb}: stopped: {err}", file=sys.stderr)
         return 3
-    except (ValueError, KeyError, ModelLoadError, FileNotFoundError, FileExistsError) as err:
-        # Bad arguments, data, config or model: one line naming what is wrong (DataError, ConfigError and
-        # OutputPathError are among these); --verbose adds the traceback.
-        if args.verbose:
-            raise
-        verb = " ".join(filter(None, (args.verb, getattr(args, "transform", None))))
+    if isinstance(err, (ValueError, KeyError, ModelLoadError, FileNotFoundError, FileExistsError)):
+        # DataError, ConfigError and OutputPathError are among these
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"alignkit {verb}: error: {message}", file=sys.stderr)
         return 2
+    return None
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-import torch
+from alignkit.lazy import lazy
+
+torch = lazy("torch")
 
 
 

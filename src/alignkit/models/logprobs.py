@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from transformers import PreTrainedModel
 
 
 @dataclass
@@ -36,6 +35,8 @@ def unwrap_peft(model: nn.Module) -> nn.Module:
 
 def causal_lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     """The backbone (returns hidden states) and the LM head of a causal LM, through PEFT wrappers."""
+    from transformers import PreTrainedModel
+
     base = unwrap_peft(model)
     if not isinstance(base, PreTrainedModel):
         raise TypeError(f"expected a transformers causal LM, got {type(base).__name__}")

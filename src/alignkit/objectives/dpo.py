@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
+from alignkit.lazy import lazy
 from alignkit.objectives.registry import Objective, register
+
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
 
 
 def preference_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
-import torch.nn.functional as F
-
+from alignkit.lazy import lazy
 from alignkit.objectives.dpo import preference_metrics
 from alignkit.objectives.registry import Objective, register
+
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
 
 # ------------------------------------------------------------------------------------------------------ D2O
 

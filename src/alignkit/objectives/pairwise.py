@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import math
 
-import torch
-import torch.nn.functional as F
-
+from alignkit.lazy import lazy
 from alignkit.objectives.dpo import dpo, logistic_loss, preference_metrics
 from alignkit.objectives.registry import Objective, register
 from alignkit.objectives.sft import nll_term
 
-Result = tuple[torch.Tensor, dict[str, torch.Tensor]]
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
+
+Result = "tuple[torch.Tensor, dict[str, torch.Tensor]]"
 
 
 def log1mexp(a: torch.Tensor) -> torch.Tensor:

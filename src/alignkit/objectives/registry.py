@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Callable, Literal
 
-import torch
+from alignkit.data.errors import DataError
+from alignkit.lazy import lazy
 
-from alignkit.data import DataError
-from alignkit.models.logprobs import SequenceLogps
+torch = lazy("torch")
 
-ObjectiveResult = tuple[torch.Tensor, dict[str, torch.Tensor]]  # per-example losses [B], per-example metrics
+ObjectiveResult = "tuple[torch.Tensor, dict[str, torch.Tensor]]"  # per-example losses [B], per-example metrics
 ObjectiveFn = Callable[..., ObjectiveResult]
 
 DataFormat = Literal["preference", "joint", "unpaired", "negative", "list", "ranked", "samples", "sft"]
@@ -178,6 +178,8 @@ def logp_inputs(model: Literal["policy", "ref"], objective: Objective, slots: Sl
                 counts: torch.Tensor) -> dict[str, torch.Tensor]:
     """`{model}_{slot}_logps` (summed or token-averaged as `objective.logps` says) and, for the policy,
     `{slot}_lengths`, from the summed log-probs and token counts of the K·B completions of a batch."""
+    from alignkit.models.logprobs import SequenceLogps
+
     sums, counts = by_slot(objective.data_format, slots, sums), by_slot(objective.data_format, slots, counts)
     values = {}
     for slot in sums:

@@ -3,11 +3,12 @@ GenARM's autoregressive reward model."""
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
+from alignkit.lazy import lazy
 from alignkit.objectives.dpo import logistic_loss, preference_metrics
 from alignkit.objectives.registry import Objective, register
+
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
 
 
 def rm_pairwise(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, *,

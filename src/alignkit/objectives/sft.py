@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
-
+from alignkit.lazy import lazy
 from alignkit.objectives.registry import Objective, register
+
+torch = lazy("torch")
 
 NllReduction = Literal["token_mean", "sum", "batch_token_mean"]
 NLL_REDUCTIONS = ("token_mean", "sum", "batch_token_mean")

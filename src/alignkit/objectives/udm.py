@@ -10,7 +10,9 @@ the `bco_udm` objective.
 
 from __future__ import annotations
 
-import torch
+from alignkit.lazy import lazy
+
+torch = lazy("torch")
 
 
 def fit_prompt_classifier(

@@ -7,10 +7,11 @@ label 0 = forget set, label 1 = retain set.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
+from alignkit.lazy import lazy
 from alignkit.objectives.registry import Objective, register
+
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
 
 
 def _desirable(labels: torch.Tensor) -> torch.Tensor:
@@ -93,8 +94,8 @@ class RunningMean:
     def __init__(self, mean: float = 0.0, count: float = 1e-24):
         self.mean, self.count = float(mean), float(count)
 
-    @torch.no_grad()
     def update(self, values: torch.Tensor) -> None:
+        """Merge a batch of rewards (their values only: `.item()` keeps no graph)."""
         n = values.numel()
         if n == 0:
             return

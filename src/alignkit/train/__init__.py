@@ -1,8 +1,19 @@
-"""One training loop for every objective: `train(load_config("recipe.yaml", ["key=value"]))`."""
+"""One training loop for every objective: `train(load_config("recipe.yaml", ["key=value"]))`.
 
-from alignkit.train.config import ConfigError, TrainConfig, load_config
-from alignkit.train.loop import Trainer, TrainResult, train
-from alignkit.train.sources import DataSource, FixedDataset
+The names below are imported on first use (PEP 562): `alignkit.train.config` alone does not load torch.
+"""
 
-__all__ = ["ConfigError", "DataSource", "FixedDataset", "TrainConfig", "TrainResult", "Trainer", "load_config",
-           "train"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOMES = {"ConfigError": "config", "TrainConfig": "config", "load_config": "config", "Trainer": "loop",
+          "TrainResult": "loop", "train": "loop", "DataSource": "sources", "FixedDataset": "sources"}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'alignkit.train' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"alignkit.train.{_HOMES[name]}"), name)

@@ -224,10 +224,10 @@ def _trackers(value: Any) -> Optional[str]:
     return f"needs {', '.join(missing)}: pip install 'alignkit[{','.join(missing)}]'" if missing else None
 
 
-def _scheduler_names() -> list[str]:
-    from transformers import SchedulerType  # imported when checked: transformers is slow to import
-
-    return [schedule.value for schedule in SchedulerType]
+# The transformers schedules the trainer can build from (warmup steps, total steps) alone; a test checks each is a
+# transformers SchedulerType and builds (listed here because importing transformers takes seconds).
+SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+             "inverse_sqrt")
 
 
 def _registered(name: str) -> Optional[str]:
@@ -260,7 +260,7 @@ RULES: dict[str, Rule] = {
     "optim.betas": _betas,
     "optim.eps": _number(0, above=True),
     "optim.warmup_steps": _number(0),
-    "optim.schedule": _one_of(_scheduler_names),
+    "optim.schedule": _one_of(SCHEDULES),
     "optim.max_grad_norm": _number(0, above=True, optional=True),
     "output_dir": _non_empty,
     "batch_size": _number(1),
