@@ -63,7 +63,7 @@ def _add_augment(transforms: argparse._SubParsersAction) -> None:
 
 
 def _add_buckets(transforms: argparse._SubParsersAction) -> None:
-    buckets = transforms.add_parser("buckets", help="quality-level conditioning (NoC): score -> k levels",
+    buckets = transforms.add_parser("buckets", help="quality-level conditioning (NoC, noise-aware learning from web-crawled pairs): score -> k levels",
                                     description="Discretise a per-row score into k levels and write the level "
                                     "into the prompt; the bin edges are saved next to --out (OUT.buckets.json). "
                                     "With --inference, every prompt gets one level (default the top, k-1).")
@@ -82,7 +82,7 @@ def _add_buckets(transforms: argparse._SubParsersAction) -> None:
 
 
 def _add_direction(transforms: argparse._SubParsersAction) -> None:
-    direction = transforms.add_parser("direction", help="direction conditioning (DPA): attribute weights in the "
+    direction = transforms.add_parser("direction", help="direction conditioning (DPA, Directional Preference Alignment): attribute weights in the "
                                       "system prompt", description="Write w = round(100·v), v a unit vector (cos θ, "
                                       "sin θ) or normalized --weights, into DPA's system prompt.")
     io_arguments(direction)
@@ -96,7 +96,7 @@ def _add_direction(transforms: argparse._SubParsersAction) -> None:
 
 
 def _add_soup(transforms: argparse._SubParsersAction) -> None:
-    soup = transforms.add_parser("soup", help="average N models' weights into one (SALSA reference)",
+    soup = transforms.add_parser("soup", help="average N models' weights into one (the reference of SALSA, soup-based alignment learning)",
                                  description="Write a model whose weights are the weighted average of --models' "
                                  "weights (uniform by default); use it as reference.model=OUT.")
     soup.add_argument("--models", nargs="+", required=True, metavar="MODEL")
@@ -108,7 +108,7 @@ def _add_soup(transforms: argparse._SubParsersAction) -> None:
 
 
 def _add_udm(transforms: argparse._SubParsersAction) -> None:
-    udm = transforms.add_parser("udm", help="BCO's prompt density-ratio weights (UDM) as `scores`",
+    udm = transforms.add_parser("udm", help="BCO's prompt density-ratio weights (UDM, underlying distribution matching) as `scores`",
                                 description="Underlying distribution matching for BCO (arXiv 2404.04656): embed "
                                 "every row's prompt with --model, fit a desirable-vs-undesirable prompt classifier, "
                                 "and write each row with scores = [w(x)].", epilog=UDM_EPILOG, formatter_class=RAW)

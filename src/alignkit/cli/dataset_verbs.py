@@ -66,7 +66,7 @@ def add_dataset_verbs(verbs: argparse._SubParsersAction) -> None:
 
 
 def _add_sample(verbs: argparse._SubParsersAction) -> None:
-    sample = verbs.add_parser("sample", help="K sampled completions per prompt (D2O's self-samples)",
+    sample = verbs.add_parser("sample", help="K sampled completions per prompt (the self-samples of D2O, distributional dispreference optimization)",
                               epilog=SAMPLE_EPILOG, formatter_class=RAW,
                               description="Sample K completions of every prompt from a model (batched, KV cache).")
     sample.add_argument("--model", required=True, help="model name, HF folder, .gguf file or hub id")
@@ -83,7 +83,8 @@ def _add_sample(verbs: argparse._SubParsersAction) -> None:
 
 
 def _add_score(verbs: argparse._SubParsersAction) -> None:
-    score = verbs.add_parser("score", help="completion log-likelihoods under models (PoFT), or rewards (InfAlign)",
+    score = verbs.add_parser("score", help="completion log-likelihoods under models (PoFT, preference-oriented fine-tuning), or rewards "
+                             "(calibrated as in InfAlign, inference-aware alignment)",
                              description="Score each row's completion given its prompt: its log-likelihood under "
                              "every --models, or its --reward (optionally calibrated against reference samples).",
                              epilog=SCORE_EPILOG, formatter_class=RAW)

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
+from alignkit.data.builtin import resolve_source
 from alignkit.data.errors import DataError, raise_if_any
 from alignkit.data.hub import CONFIG_SEPARATOR, load_hub_dataset, parse_hub_id
 from alignkit.data.values import TOO_DEEP, DuplicateKeys, first_repeated, parse_json, row_problem, too_deep_line
@@ -84,7 +85,7 @@ def load_records(source: Source) -> list[Record]:
 
     Raises DataError naming the file and line/row for unreadable input: invalid UTF-8, malformed JSON,
     a row that is not an object, an unknown file type or a missing path. All bad lines of a file are
-    reported in one error.
+    reported in one error. `builtin:<path>` names a file shipped in the package (`alignkit.data.builtin`).
     """
     return _checked(read_records(source))
 
@@ -99,6 +100,7 @@ def read_records(source: Source) -> Reading:
     """The readable rows of ``source`` and the problems of its unreadable lines or rows (`load_records`
     raises those). A source that cannot be read at all (a missing path, an unknown file type, a JSON
     document or CSV file that does not parse, a file not valid UTF-8 other than JSONL) raises DataError."""
+    source = resolve_source(source)
     if isinstance(source, list):
         return _from_rows(source, "dataset")
     if not isinstance(source, (str, os.PathLike)):
