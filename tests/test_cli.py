@@ -93,7 +93,8 @@ def test_help_lists_verbs(capsys):
     assert all(verb in usage for verb in ("train", "evaluate", "objectives"))
 
 
-@pytest.mark.parametrize("verb", [["objectives"], ["recipes"], ["train", "--print-config"], ["--version"]])
+@pytest.mark.parametrize("verb", [["objectives"], ["recipes"], ["train", "--print-config"], ["--version"],
+                                  ["generate", "--list"], ["generate", "--help"]])
 def test_listing_verbs_do_not_import_torch_or_transformers(verb):
     """What makes them answer in a fraction of a second: no torch (about 1 s to import), no transformers models."""
     import subprocess

@@ -160,6 +160,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' and the hub's bars; read at import
+    if "transformers" in sys.modules:  # imported already (an in-process caller): the variable comes too late
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     args = parse(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -1,8 +1,9 @@
 """Mechanism (a): a per-token guided step that combines several models' and rewards' next-token scores.
 
 * `combine_logprobs`: the combination formula (log π_base + Σ_i w_i · term_i) / T.
-* `GuidedLogits`: a `transformers.LogitsProcessor` that applies it inside `model.generate`, with the next-token
-  log-probs of guide models (each with its own incremental `DynamicCache`) and of arbitrary term callables.
+* `GuidedLogits`: a logits processor (`generate(logits_processor=...)`) that applies it inside `model.generate`,
+  with the next-token log-probs of guide models (each with its own incremental `DynamicCache`) and of arbitrary
+  term callables.
 * `genarm`: the GenARM preset (Xu et al., ICLR 2025, arXiv 2410.08193; official code Yuancheng-Xu/GenARM),
   π_decode(y_t | x, y_<t) ∝ π_base(y_t | x, y_<t) · Π_i π_arm_i(y_t | x, y_<t)^α_i.
 
@@ -15,15 +16,7 @@ warper is added) and divides by its own temperature inside the processor, so the
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-
-import torch
-from transformers import (
-    DynamicCache,
-    LogitsProcessor,
-    LogitsProcessorList,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from typing import TYPE_CHECKING
 
 from alignkit.data.prompts import ChatTemplate, Prompt, render_prompts
 from alignkit.decode.core import (
@@ -35,8 +28,14 @@ from alignkit.decode.core import (
     seeded,
 )
 from alignkit.decode.methods import Method, register_method
+from alignkit.lazy import lazy
 
-Term = Callable[[torch.Tensor], torch.Tensor]
+if TYPE_CHECKING:
+    from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+torch = lazy("torch")
+
+Term = Callable[["torch.Tensor"], "torch.Tensor"]
 
 
 def combine_logprobs(base_logprobs: torch.Tensor, terms: Sequence[tuple[float, torch.Tensor]],
@@ -75,7 +74,7 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
 
 
-class GuidedLogits(LogitsProcessor):
+class GuidedLogits:
     """scores ← (log softmax(scores) + Σ_i w_i · log π_guide_i(·|ids) + Σ_j v_j · term_j(ids)) / temperature.
 
     `guides` are (weight, causal LM) pairs sharing the base vocabulary; `terms` are (weight, callable) pairs
@@ -88,6 +87,11 @@ class GuidedLogits(LogitsProcessor):
     A call whose `input_ids` do not extend the previous call's (or the first call after `for_prompts`) starts a
     new generation, so one processor serves several `generate` calls (a beam reorder also falls back to a full
     recompute). Returns float32 scores.
+
+    A plain class, not a subclass of `transformers.LogitsProcessor` (so that importing this module does not
+    import transformers): `generate` only calls each processor of its `LogitsProcessorList` as
+    `processor(input_ids, scores)` and checks no base class (transformers 5.24 `_get_logits_processor`,
+    `_merge_criteria_processor_list`, `LogitsProcessorList.__call__`).
     """
 
     def __init__(self, guides: Sequence[tuple[float, PreTrainedModel]] = (), terms: Sequence[tuple[float, Term]] = (),
@@ -113,16 +117,16 @@ class GuidedLogits(LogitsProcessor):
         self._ids = None
         return self
 
-    @torch.no_grad()
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.guides and scores.shape[-1] != vocabulary_size(self.guides[0][1]):
             raise ValueError(f"the base model scores {scores.shape[-1]} tokens but the guides have a vocabulary of "
                              f"{vocabulary_size(self.guides[0][1])}: guides must share the base tokenizer")
-        new_ids = self._advance(input_ids)
-        terms = [(weight, self._guide_logprobs(index, guide, new_ids, input_ids).to(scores.device))
-                 for index, (weight, guide) in enumerate(self.guides)]
-        terms += [(weight, term(input_ids).to(scores.device)) for weight, term in self.terms]
-        return combine_logprobs(scores.float().log_softmax(-1), terms, self.temperature)
+        with torch.no_grad():
+            new_ids = self._advance(input_ids)
+            terms = [(weight, self._guide_logprobs(index, guide, new_ids, input_ids).to(scores.device))
+                     for index, (weight, guide) in enumerate(self.guides)]
+            terms += [(weight, term(input_ids).to(scores.device)) for weight, term in self.terms]
+            return combine_logprobs(scores.float().log_softmax(-1), terms, self.temperature)
 
     def _continues(self, input_ids: torch.Tensor) -> bool:
         """Whether `input_ids` extend the sequences of the previous call (same rows, longer, same prefix)."""
@@ -137,6 +141,8 @@ class GuidedLogits(LogitsProcessor):
             new_ids = input_ids[:, self._ids.shape[1]:]
             self._mask = torch.cat([self._mask, self._mask.new_ones(new_ids.shape)], dim=1)
         else:
+            from transformers import DynamicCache
+
             new_ids = input_ids
             self._mask = self._start_mask(input_ids)
             self._caches = [DynamicCache(config=guide.config) for _, guide in self.guides]
@@ -199,6 +205,8 @@ def genarm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
     Diagnostics: `forward_passes` (rows through the base and ARM forwards for this prompt: 1 + #ARMs per
     generation step, padded steps after EOS in a batch included), `forward_passes_per_token`, `temperature`.
     """
+    from transformers import LogitsProcessorList
+
     arms = [arm] if isinstance(arm, torch.nn.Module) else list(arm)
     alphas = _weights(alpha, len(arms))
     check_same_vocabulary(model, arms)

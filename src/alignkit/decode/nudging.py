@@ -30,10 +30,7 @@ UNVERIFIED default: γ = 0.4 (README and notebook); the argparse default of run_
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
-
-import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Literal
 
 from alignkit.data.prompts import ChatTemplate, Prompt, render_prompt, render_prompts, resolve_chat_template
 from alignkit.decode.core import Completion, ForwardCounter, evaluating
@@ -47,6 +44,10 @@ from alignkit.decode.nudging_text import (
     nudge_text,
     top1,
 )
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 NudgingMode = Literal["auto", "token", "text"]
 

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
-
-import torch
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, NamedTuple
 
 from alignkit.data.rows import common_prefix_length
+from alignkit.lazy import lazy
+
+if TYPE_CHECKING:
+    from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+torch = lazy("torch")
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,8 @@ class IncrementalLM:
         if self.use_cache and self.cache is not None:
             start = min(common_prefix_length(self.ids, ids), len(ids) - positions)
         if start == 0:
+            from transformers import DynamicCache
+
             self.cache = DynamicCache() if self.use_cache else None
         else:
             self.cache.crop(start - self.cache.get_seq_length())  # negative count = tokens to drop (5.x API)

@@ -18,15 +18,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from alignkit.data.prompts import ChatTemplate, Content, Prompt, as_completion
 from alignkit.decode.core import Completion
 from alignkit.decode.methods import Method, register_method
 from alignkit.decode.sampling import draw_samples
+from alignkit.lazy import lazy
 from alignkit.models.rewards import CalibratedReward, EmpiricalCDF, Reward, fit_reference_cdf
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+torch = lazy("torch")
 
 SELECT_RULES = ("max", "min")
 Calibration = CalibratedReward | EmpiricalCDF | Sequence[Sequence[Content]] | None

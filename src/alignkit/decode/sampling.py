@@ -13,11 +13,13 @@ comparison "N samples batched vs N sequential runs").
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from alignkit.data.prompts import ChatTemplate, Prompt, render_prompts
 from alignkit.decode.core import ForwardCounter, decode_new, encode_left_padded, evaluating, seeded
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 def generate_settings(tokenizer: PreTrainedTokenizerBase, temperature: float, top_p: float, max_new_tokens: int,

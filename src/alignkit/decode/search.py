@@ -23,18 +23,22 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-import torch
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from alignkit.data.prompts import ChatTemplate, Prompt, render_prompts, resolve_chat_template
 from alignkit.decode.core import (Completion, ForwardCounter, encode_left_padded, evaluating, generated_length,
                                   seeded)
 from alignkit.decode.guidance import combine_logprobs
 from alignkit.decode.methods import Method, register_method
+from alignkit.lazy import lazy
 from alignkit.models.rewards import Reward
 
-ValueFn = Callable[[list[Prompt], list[str]], torch.Tensor]
+if TYPE_CHECKING:
+    from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+torch = lazy("torch")
+
+ValueFn = Callable[[list[Prompt], list[str]], "torch.Tensor"]
 
 
 class Prefix:
@@ -50,6 +54,8 @@ class Prefix:
     def start(cls, model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor,
               use_cache: bool) -> tuple[Prefix, torch.Tensor]:
         """The prefix of the prompt rows and its next-token logits [R, V] (one forward over the prompts)."""
+        from transformers import DynamicCache
+
         cache = DynamicCache(config=model.config) if use_cache else None
         prefix = cls(model, ids.to(model.device), mask.to(model.device), cache)
         return prefix, prefix._next_logits(prefix.ids.shape[1])

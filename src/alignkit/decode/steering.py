@@ -22,10 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-
-import torch
-from safetensors.torch import load_file, save_file
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from alignkit.data.prompts import ChatTemplate, Prompt, render_prompt, render_prompts, text_of
 from alignkit.data.records import Record
@@ -39,8 +36,14 @@ from alignkit.decode.core import (
     seeded,
 )
 from alignkit.decode.methods import Method, register_method
+from alignkit.lazy import lazy
 
-Directions = Mapping[int, torch.Tensor]
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+torch = lazy("torch")
+
+Directions = Mapping[int, "torch.Tensor"]
 # Paper layers for 32-layer models (Llama-2-7b, Llama-3.1-8B): blocks 14..10 = range(-18, -23, -1), i.e. the
 # depth fractions [10/32, 14/32]; 13B (40 layers) used blocks 15..8, i.e. [8/40, 15/40].
 DEFAULT_LAYER_FRACTIONS = (10 / 32, 14 / 32)
@@ -170,12 +173,16 @@ def steered(model: PreTrainedModel, directions: Directions, coefficient: float) 
 
 def save_directions(directions: Directions, path: str | Path) -> None:
     """Write directions to safetensors, one tensor `layer.{l}` per block."""
+    from safetensors.torch import save_file
+
     save_file({f"layer.{int(layer)}": vector.detach().cpu().contiguous() for layer, vector in directions.items()},
               str(path))
 
 
 def load_directions(path: str | Path) -> dict[int, torch.Tensor]:
     """Read directions written by `save_directions`, ordered by layer."""
+    from safetensors.torch import load_file
+
     tensors = load_file(str(path))
     return {int(name.split(".", 1)[1]): tensors[name]
             for name in sorted(tensors, key=lambda n: int(n.split(".", 1)[1]))}

@@ -8,15 +8,19 @@ Soumya1612-Rasha/Transfer-Q@32d0ffe direct.py / indirect.py, "adapted from ARGS"
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from alignkit.data.prompts import ChatTemplate, Prompt
 from alignkit.decode.core import Completion
 from alignkit.decode.methods import Method, register_method
 from alignkit.decode.search import SearchSettings, ValueFn, completions, reward_value, search
+from alignkit.lazy import lazy
 from alignkit.models.rewards import Reward
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+torch = lazy("torch")
 
 MODES = ("greedy", "topk")
 

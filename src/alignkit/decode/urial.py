@@ -20,14 +20,18 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from pathlib import Path
-
-import torch
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from alignkit.data.prompts import Prompt
 from alignkit.data.rows import common_prefix_length
 from alignkit.decode.core import Completion, ForwardCounter, evaluating, seeded
 from alignkit.decode.methods import Method, register_method
+from alignkit.lazy import lazy
+
+if TYPE_CHECKING:
+    from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+torch = lazy("torch")
 
 PROMPT_DIR = Path(__file__).with_name("urial_prompts")
 ROLES = ("# Query:", "# Answer:")
@@ -111,6 +115,8 @@ def shared_prefix_length(prefix_ids: list[int], rows: Sequence[list[int]]) -> in
 
 def prefill(model: PreTrainedModel, prefix_ids: list[int]) -> DynamicCache:
     """One forward over the preamble tokens (batch 1), returning its KV cache."""
+    from transformers import DynamicCache
+
     cache = DynamicCache(config=model.config)
     model(torch.tensor([prefix_ids], device=model.device), cache=cache, use_cache=True)
     return cache

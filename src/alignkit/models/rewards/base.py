@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import torch
-
 from alignkit.data.prompts import Content, content_key, text_of
+from alignkit.lazy import lazy
+
+torch = lazy("torch")
 
 
 def cache_key(prompt: Content, completion: Content) -> tuple[str, str]:

@@ -29,10 +29,11 @@ import bisect
 import math
 from collections.abc import Callable, Mapping, Sequence
 
-import torch
-
 from alignkit.data.prompts import Content, as_completion, content_key
+from alignkit.lazy import lazy
 from alignkit.models.rewards.base import Reward
+
+torch = lazy("torch")
 
 TIE_RULES = ("mid", "right")
 UNSEEN_RULES = ("error", "constant", "pooled")

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-
 from alignkit.data import Example, TruncationConfig, collate_rows, tokenize_examples
 from alignkit.data.prompts import Content
-from alignkit.models.reward_head import RewardScorer
+from alignkit.lazy import lazy
 from alignkit.models.rewards.base import Reward, check_lengths
+
+torch = lazy("torch")
 
 
 class SequenceClassifierReward(Reward):
@@ -47,20 +47,22 @@ class SequenceClassifierReward(Reward):
         self.truncation = TruncationConfig.at_most(max_length)
         self.batch_size = batch_size
 
-    @torch.no_grad()
     def score(self, prompts: Sequence[Content], completions: Sequence[Content]) -> torch.Tensor:
-        check_lengths(prompts, completions)
-        for prompt, completion in zip(prompts, completions):
-            if isinstance(prompt, str) != isinstance(completion, str):
-                raise ValueError("prompt and completion must both be strings, or both message lists")
-        examples = [Example.single(p, c, f"row {i}") for i, (p, c) in enumerate(zip(prompts, completions), 1)]
-        tokenized, _ = tokenize_examples(examples, self.tokenizer, self.truncation)
-        device = next(self.model.parameters()).device
-        scorer = RewardScorer(self.model)
-        chunks = []
-        for start in range(0, len(tokenized), self.batch_size):
-            batch = collate_rows(tokenized[start:start + self.batch_size], self.tokenizer.pad_token_id)
-            chunks.append(scorer(batch["input_ids"].to(device), batch["completion_mask"].to(device),
-                                 batch["attention_mask"].to(device)).cpu())
-        logits = torch.cat(chunks) if chunks else torch.empty(0, max(1, len(self.attributes)))
-        return logits[:, 0] if not self.attributes else logits
+        from alignkit.models.reward_head import RewardScorer
+
+        with torch.no_grad():
+            check_lengths(prompts, completions)
+            for prompt, completion in zip(prompts, completions):
+                if isinstance(prompt, str) != isinstance(completion, str):
+                    raise ValueError("prompt and completion must both be strings, or both message lists")
+            examples = [Example.single(p, c, f"row {i}") for i, (p, c) in enumerate(zip(prompts, completions), 1)]
+            tokenized, _ = tokenize_examples(examples, self.tokenizer, self.truncation)
+            device = next(self.model.parameters()).device
+            scorer = RewardScorer(self.model)
+            chunks = []
+            for start in range(0, len(tokenized), self.batch_size):
+                batch = collate_rows(tokenized[start:start + self.batch_size], self.tokenizer.pad_token_id)
+                chunks.append(scorer(batch["input_ids"].to(device), batch["completion_mask"].to(device),
+                                     batch["attention_mask"].to(device)).cpu())
+            logits = torch.cat(chunks) if chunks else torch.empty(0, max(1, len(self.attributes)))
+            return logits[:, 0] if not self.attributes else logits

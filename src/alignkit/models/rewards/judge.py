@@ -26,11 +26,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-
 from alignkit.data.prompts import Content, text_of, transcript
 from alignkit.data.rows import common_prefix_length
+from alignkit.lazy import lazy
 from alignkit.models.rewards.base import Reward, check_lengths
+
+torch = lazy("torch")
 
 DEFAULT_POINTWISE_TEMPLATE = (
     "Rate the response to the user's request on a scale from {lo} to {hi}, where {lo} is useless or harmful and "
@@ -72,15 +73,15 @@ class _NextTokenJudge:
                for i in range(0, len(texts), self.batch_size)]
         return torch.cat(out) if out else torch.empty(0, len(options))
 
-    @torch.no_grad()
     def _option_probs(self, texts: Sequence[str], options: Sequence[str]) -> torch.Tensor:
-        rows = [[self._encode(text + self.separator + option) for option in options] for text in texts]
-        shared = [_common_prefix(r) for r in rows]
-        if all(len(ids) - n == 1 for r, n in zip(rows, shared) for ids in r):
-            logp = _last_logps(self.model, [r[0][:n] for r, n in zip(rows, shared)], self._pad_id())
-            chosen = torch.tensor([[ids[-1] for ids in r] for r in rows])
-            return torch.softmax(logp.gather(1, chosen), dim=-1)
-        return self._multi_token_probs(rows, shared, len(options))
+        with torch.no_grad():
+            rows = [[self._encode(text + self.separator + option) for option in options] for text in texts]
+            shared = [_common_prefix(r) for r in rows]
+            if all(len(ids) - n == 1 for r, n in zip(rows, shared) for ids in r):
+                logp = _last_logps(self.model, [r[0][:n] for r, n in zip(rows, shared)], self._pad_id())
+                chosen = torch.tensor([[ids[-1] for ids in r] for r in rows])
+                return torch.softmax(logp.gather(1, chosen), dim=-1)
+            return self._multi_token_probs(rows, shared, len(options))
 
     def _multi_token_probs(self, rows: list[list[list[int]]], shared: list[int], k: int) -> torch.Tensor:
         flat = [ids for r in rows for ids in r]

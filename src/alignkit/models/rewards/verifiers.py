@@ -14,11 +14,12 @@ import string
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import torch
-
 from alignkit.data.prompts import Content, content_key, prompt_text, text_of
+from alignkit.lazy import lazy
 from alignkit.models.rewards.base import Reward, TextReward, check_lengths
 from alignkit.models.verifiers import check, max_words, refusal, word_pattern, words
+
+torch = lazy("torch")
 
 
 class MaxWords(TextReward):
