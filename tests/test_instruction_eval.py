@@ -87,8 +87,8 @@ def test_load_heldout_names_every_bad_row_before_any_model_runs(tmp_path):
     with pytest.raises(DataError) as caught:
         load_heldout(path)
     assert caught.value.problems == ("rows.jsonl, line 2, field 'prompt': empty prompt",
-                                     "rows.jsonl, line 3, field 'check': missing",
-                                     caught.value.problems[2])
+                                     caught.value.problems[1], caught.value.problems[2])
+    assert caught.value.problems[1].startswith("rows.jsonl, line 3, field 'check': missing; held-out rows are")
     assert caught.value.problems[2].startswith("rows.jsonl, line 4, field 'check': expected an object whose type")
 
 

@@ -18,7 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignkit.data import Record, collect, load_records
 from alignkit.data.prompts import ChatTemplate
-from alignkit.data.rows import RowProblem, prompt_field, required
+from alignkit.data.rows import RowProblem, prompt_field
 from alignkit.decode.sampling import draw_samples
 from alignkit.models.verifiers import CHECK_TYPES, check, family, substantive
 
@@ -84,7 +84,10 @@ def load_heldout(path: str | Path | None = None) -> list[dict]:
     field), before any model runs."""
     def read(record: Record) -> dict:
         prompt_field(record.data)
-        spec = required(record.data, "check")
+        if record.data.get("check") is None:
+            raise RowProblem("check", 'missing; held-out rows are {"prompt": ..., "check": {"type": ..., ...}} '
+                                      f'(types: {", ".join(CHECK_TYPES)}), like alignkit\'s demo set')
+        spec = record.data["check"]
         if not isinstance(spec, dict) or spec.get("type") not in CHECK_TYPES:
             raise RowProblem("check", f"expected an object whose type is one of {', '.join(CHECK_TYPES)}, "
                                       f"got {spec!r}")
