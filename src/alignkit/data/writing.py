@@ -83,3 +83,8 @@ def sidecar_path(out: str | os.PathLike, name: str) -> Path:
 def write_json(document: Any, path: str | os.PathLike) -> Path:
     """Write one JSON document (indented) atomically."""
     return _atomic_write(Path(path), [json.dumps(document, ensure_ascii=False, indent=2) + "\n"])
+
+
+def write_text(text: str, path: str | os.PathLike) -> Path:
+    """Write a text file (UTF-8) atomically."""
+    return _atomic_write(Path(path), [text])

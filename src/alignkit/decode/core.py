@@ -96,17 +96,3 @@ def seeded(seed: int | None, model: PreTrainedModel) -> Iterator[None]:
         if seed is not None:
             torch.manual_seed(seed)
         yield
-
-
-@contextmanager
-def evaluating(*models: torch.nn.Module) -> Iterator[None]:
-    """Models in eval mode under `torch.inference_mode()`; training flags restored afterwards."""
-    flags = [m.training for m in models]
-    for m in models:
-        m.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        for m, flag in zip(models, flags):
-            m.train(flag)

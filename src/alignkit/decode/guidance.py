@@ -19,16 +19,10 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from alignkit.data.prompts import ChatTemplate, Prompt, render_prompts
-from alignkit.decode.core import (
-    Completion,
-    ForwardCounter,
-    decode_new,
-    encode_left_padded,
-    evaluating,
-    seeded,
-)
+from alignkit.decode.core import Completion, ForwardCounter, decode_new, encode_left_padded, seeded
 from alignkit.decode.methods import Method, register_method
 from alignkit.lazy import lazy
+from alignkit.models.modes import evaluating
 
 if TYPE_CHECKING:
     from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase

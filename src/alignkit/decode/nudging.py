@@ -33,7 +33,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 from alignkit.data.prompts import ChatTemplate, Prompt, render_prompt, render_prompts, resolve_chat_template
-from alignkit.decode.core import Completion, ForwardCounter, evaluating
+from alignkit.decode.core import Completion, ForwardCounter
+from alignkit.models.modes import evaluating
 from alignkit.decode.methods import Method, register_method
 from alignkit.decode.nudging_text import (
     IncrementalLM,

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from alignkit.data.prompts import ChatTemplate, Prompt, render_prompts, resolve_chat_template
-from alignkit.decode.core import (Completion, ForwardCounter, encode_left_padded, evaluating, generated_length,
-                                  seeded)
+from alignkit.decode.core import Completion, ForwardCounter, encode_left_padded, generated_length, seeded
+from alignkit.models.modes import evaluating
 from alignkit.decode.guidance import combine_logprobs
 from alignkit.decode.methods import Method, register_method
 from alignkit.lazy import lazy

@@ -27,16 +27,10 @@ from typing import TYPE_CHECKING
 from alignkit.data.prompts import ChatTemplate, Prompt, render_prompt, render_prompts, text_of
 from alignkit.data.records import Record
 from alignkit.data.rows import RowProblem, collect
-from alignkit.decode.core import (
-    Completion,
-    ForwardCounter,
-    decode_new,
-    encode_left_padded,
-    evaluating,
-    seeded,
-)
+from alignkit.decode.core import Completion, ForwardCounter, decode_new, encode_left_padded, seeded
 from alignkit.decode.methods import Method, register_method
 from alignkit.lazy import lazy
+from alignkit.models.modes import evaluating
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

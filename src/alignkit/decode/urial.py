@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 
 from alignkit.data.prompts import Prompt
 from alignkit.data.rows import common_prefix_length
-from alignkit.decode.core import Completion, ForwardCounter, evaluating, seeded
+from alignkit.decode.core import Completion, ForwardCounter, seeded
+from alignkit.models.modes import evaluating
 from alignkit.decode.methods import Method, register_method
 from alignkit.lazy import lazy
 

@@ -14,7 +14,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignkit.data import DataError, Example, TruncationConfig, collate_rows, tokenize_examples
-from alignkit.models.logprobs import completion_logps
+from alignkit.models.logprobs import completion_logps, scored_logps
+from alignkit.models.modes import evaluating
 
 
 @torch.inference_mode()
@@ -50,3 +51,42 @@ def completion_likelihoods(model: PreTrainedModel, tokenizer: PreTrainedTokenize
     finally:
         model.train(was_training)
     return means, sums
+
+
+def token_logps_of_ids(model: PreTrainedModel, prompt_ids: Sequence[Sequence[int]],
+                       completion_ids: Sequence[Sequence[int]], batch_size: int = 8) -> list[torch.Tensor]:
+    """log π(y_t | x, y_<t) of every token of each (prompt ids x, completion ids y), teacher-forced: one forward
+    per batch of rows, in float32, one tensor of len(y) per row, in row order.
+
+    The ids are used as given (no re-tokenization: sampled ids stay the sampled ids). Rows are right-padded
+    with masks built from their lengths, so a completion may contain any id, the padding id included; a batch
+    is the same rows in the same order whichever model scores it, so two copies of one model give bit-equal
+    values (the KL of a model to itself is exactly 0). The scoring engine is the training one
+    (`alignkit.models.logprobs.scored_logps`) with one slot per completion token.
+    """
+    if len(prompt_ids) != len(completion_ids):
+        raise ValueError(f"{len(prompt_ids)} prompts but {len(completion_ids)} completions")
+    if any(not ids for ids in prompt_ids):
+        raise ValueError("every prompt needs at least one token (the first completion token is scored from it)")
+    results: list[torch.Tensor] = []
+    device = model.device
+    with evaluating(model):
+        for start in range(0, len(prompt_ids), batch_size):
+            rows = [list(p) + list(c) for p, c in
+                    zip(prompt_ids[start:start + batch_size], completion_ids[start:start + batch_size])]
+            starts = [len(p) for p in prompt_ids[start:start + batch_size]]
+            width = max(len(row) for row in rows)
+            input_ids = torch.zeros(len(rows), width, dtype=torch.long)
+            attention = torch.zeros(len(rows), width, dtype=torch.long)
+            scored = torch.zeros(len(rows), width, dtype=torch.bool)
+            for b, (row, first) in enumerate(zip(rows, starts)):
+                input_ids[b, :len(row)] = torch.tensor(row)
+                attention[b, :len(row)] = 1
+                scored[b, first:len(row)] = True
+            slots = (scored.flatten().cumsum(0) - 1).clamp(min=0).view_as(scored)
+            previous = torch.arange(-1, width - 1).expand_as(input_ids)
+            logps = scored_logps(model, input_ids.to(device), attention.to(device), scored.to(device),
+                                 previous.to(device), slots.to(device), int(scored.sum())).sum.float().cpu()
+            counts = scored.sum(1).tolist()
+            results.extend(logps.split(counts))
+    return results
