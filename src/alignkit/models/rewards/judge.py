@@ -44,8 +44,11 @@ DEFAULT_PAIRWISE_TEMPLATE = (
 )
 
 
-class _NextTokenJudge:
-    """Shared machinery: build judge inputs and read option probabilities from one batched forward."""
+class NextTokenJudge:
+    """The judges' shared machinery over a causal LM: the text the judge continues (`judge_text`), the
+    renormalised probabilities of a few options continuing it (`option_probs`: one batched forward when every
+    option is one token, else the multi-token path of the module docstring) and greedy continuations
+    (`continue_greedy`, for judges that write a rationale before their answer). Rows run `batch_size` at a time."""
 
     def __init__(self, model, tokenizer, answer_prefix: str, separator: str, chat: bool | None, batch_size: int):
         self.model = model
@@ -56,11 +59,13 @@ class _NextTokenJudge:
         self.batch_size = batch_size
         self._digits: torch.Tensor | None = None
 
-    def judge_text(self, filled: str) -> str:
-        """The text the judge continues: chat-formatted user turn + answer prefix, or plain text + prefix."""
+    def judge_text(self, filled: str, system: str | None = None) -> str:
+        """The text the judge continues: chat-formatted user turn (after a `system` message, if given) + answer
+        prefix, or plain text + "\n" + prefix (no chat template: `system` is not shown)."""
         if self.chat:
-            head = self.tokenizer.apply_chat_template([{"role": "user", "content": filled}], tokenize=False,
-                                                      add_generation_prompt=True)
+            messages = ([{"role": "system", "content": system}] if system is not None else [])
+            head = self.tokenizer.apply_chat_template(messages + [{"role": "user", "content": filled}],
+                                                      tokenize=False, add_generation_prompt=True)
             return head + self.answer_prefix
         return filled + "\n" + self.answer_prefix
 
@@ -90,6 +95,29 @@ class _NextTokenJudge:
         ends = torch.log1p(-last[:, self._digit_ids()].exp().sum(-1).clamp(max=1 - 1e-6))
         return torch.softmax((logps + ends).view(len(rows), k), dim=-1)
 
+    def continue_greedy(self, texts: Sequence[str], max_new_tokens: int, stop: str) -> list[str]:
+        """Each text's greedy continuation (at most `max_new_tokens` tokens, ending at EOS), cut before the first
+        `stop` (generation of a row ends once it has written `stop`)."""
+        out: list[str] = []
+        for i in range(0, len(texts), self.batch_size):
+            out += self._greedy_batch(texts[i:i + self.batch_size], max_new_tokens, stop)
+        return out
+
+    def _greedy_batch(self, texts: Sequence[str], max_new_tokens: int, stop: str) -> list[str]:
+        device = next(self.model.parameters()).device
+        ids, mask, _ = (t.to(device) for t in _left_pad([self._encode(text) for text in texts], self._pad_id()))
+        eos = self.tokenizer.eos_token_id
+        with torch.no_grad():
+            output = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                         do_sample=False, temperature=None, top_p=None, top_k=None,
+                                         stop_strings=[stop], tokenizer=self.tokenizer, pad_token_id=self._pad_id(),
+                                         eos_token_id=eos)
+        cut = []
+        for row in output[:, ids.shape[1]:].tolist():
+            row = row[:row.index(eos)] if eos in row else row
+            cut.append(self.tokenizer.decode(row, skip_special_tokens=True).split(stop, 1)[0])
+        return cut
+
     def _digit_ids(self) -> torch.Tensor:
         """Vocabulary ids whose text is all digits (tokens that would continue a number)."""
         if self._digits is None:
@@ -116,17 +144,21 @@ def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def _forward_logps(model, seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, int]:
+def _forward_logits(model, seqs: list[list[int]], pad_id: int) -> torch.Tensor:
+    """[N, T, V] logits of the left-padded rows."""
     device = next(model.parameters()).device
     ids, mask, pos = (t.to(device) for t in _left_pad(seqs, pad_id))
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
-    return torch.log_softmax(logits.float(), dim=-1).cpu(), ids.shape[1]
+    return model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+
+
+def _forward_logps(model, seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, int]:
+    logits = _forward_logits(model, seqs, pad_id)
+    return torch.log_softmax(logits.float(), dim=-1).cpu(), logits.shape[1]
 
 
 def _last_logps(model, seqs: list[list[int]], pad_id: int) -> torch.Tensor:
     """[B, V] next-token log-probabilities after each sequence."""
-    logp, _ = _forward_logps(model, seqs, pad_id)
-    return logp[:, -1]
+    return torch.log_softmax(_forward_logits(model, seqs, pad_id)[:, -1].float(), dim=-1).cpu()
 
 
 def _sequence_logps(model, seqs: list[list[int]], starts: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,7 +188,7 @@ class LLMJudge(Reward):
             raise ValueError(f"scale must be (lo, hi) with lo < hi, got {scale}")
         self.template = template
         self.values = torch.arange(lo, hi + 1, dtype=torch.float32)
-        self.judge = _NextTokenJudge(model, tokenizer, answer_prefix, separator, chat, batch_size)
+        self.judge = NextTokenJudge(model, tokenizer, answer_prefix, separator, chat, batch_size)
 
     def prompt_for(self, prompt: Content, completion: Content) -> str:
         filled = self.template.format(prompt=transcript(prompt), completion=text_of(completion),
@@ -183,7 +215,7 @@ class PairwiseJudge:
                  answer_prefix: str = "Answer:", separator: str = " ", chat: bool | None = None, batch_size: int = 8):
         self.template = template
         self.labels = tuple(labels)
-        self.judge = _NextTokenJudge(model, tokenizer, answer_prefix, separator, chat, batch_size)
+        self.judge = NextTokenJudge(model, tokenizer, answer_prefix, separator, chat, batch_size)
 
     def _text(self, prompt: Content, first: Content, second: Content) -> str:
         filled = self.template.format(prompt=transcript(prompt), first=text_of(first), second=text_of(second))

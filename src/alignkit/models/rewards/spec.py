@@ -5,6 +5,12 @@ A spec is `KIND:ARGUMENT`; the kind is everything before the first ":".
 =================================  ==========================================================================
 spec                               reward
 =================================  ==========================================================================
+`aspects:MODEL`                    `AspectJudge` over `alignkit.models.load(MODEL)`: JUST-EVAL's five 1..5
+                                   scores (helpfulness, clarity, factuality, depth, engagement), each the
+                                   expected score, after a greedy rationale of up to 48 tokens
+`aspects:MODEL,rationale=N`        the same with rationales of up to N tokens (N = 0: empty reasons, no
+                                   generation, about 5x faster; scores read before any reasoning)
+`safety:MODEL[,rationale=N]`       `SafetyJudge`: JUST-EVAL's scalar 1..5 safety score (5 = safe)
 `classifier:PATH`                  `SequenceClassifierReward(PATH)`: any Hugging Face sequence-classification
                                    folder (or hub id), e.g. the `final/` folder of an `rm_pairwise` run;
                                    num_labels = k > 1 gives k attributes
@@ -36,7 +42,8 @@ from alignkit.models.rewards.base import CachedReward, Reward
 from alignkit.models.rewards.verifiers import (ForbiddenWords, InstructionChecks, JsonSchema, JsonValid, MaxChars,
                                                MaxWords, MinWords, Refusal, RegexMatch, RequiredWords)
 
-KINDS = ("classifier:PATH", "judge:MODEL", "verifier:NAME[=VALUE]")
+KINDS = ("classifier:PATH", "judge:MODEL", "verifier:NAME[=VALUE]", "aspects:MODEL[,rationale=N]",
+         "safety:MODEL[,rationale=N]")
 VERIFIERS = ("max_words=N", "min_words=N", "max_chars=N", "required_words=a,b", "forbidden_words=a,b", "json",
              "json_schema=FILE", "refusal", "regex=PATTERN", "checks=FILE")
 
@@ -47,7 +54,7 @@ def reward_from_spec(spec: str, *, batch_size: int = 8, device: str | None = Non
     rewards (classifier, judge), `max_length` (truncation in tokens) to a classifier."""
     kind, sep, argument = str(spec).partition(":")
     kind = kind.strip().lower()
-    if not sep or kind not in ("classifier", "judge", "verifier"):
+    if not sep or kind not in ("aspects", "classifier", "judge", "safety", "verifier"):
         raise ValueError(f"unknown reward spec {spec!r}; valid kinds: {', '.join(KINDS)} "
                          f"(verifiers: {', '.join(VERIFIERS)})")
     if kind == "verifier":
@@ -56,7 +63,32 @@ def reward_from_spec(spec: str, *, batch_size: int = 8, device: str | None = Non
         raise ValueError(f"reward spec {spec!r}: {kind}: needs a {'PATH' if kind == 'classifier' else 'MODEL'}")
     if kind == "classifier":
         return CachedReward(_classifier(argument, batch_size, device, max_length))
+    if kind in ("aspects", "safety"):
+        name, rationale = just_eval_argument(kind, argument)
+        return CachedReward(_just_eval(kind, name, rationale, batch_size, device))
     return CachedReward(_judge(argument, batch_size, device))
+
+
+def just_eval_argument(kind: str, argument: str) -> tuple[str, int | None]:
+    """(MODEL, N or None) of the ARGUMENT `MODEL[,rationale=N]` of an `aspects:` or `safety:` spec."""
+    name, *options = [part.strip() for part in argument.split(",")]
+    usage = f"{kind}:MODEL or {kind}:MODEL,rationale=N"
+    if not name:
+        raise ValueError(f"'{kind}:{argument}' needs a MODEL: {usage}")
+    if len(options) > 1:
+        raise ValueError(f"'{kind}:{argument}': at most one option, rationale=N ({usage})")
+    if not options:
+        return name, None
+    key, _, value = options[0].partition("=")
+    if key.strip() != "rationale":
+        raise ValueError(f"'{kind}:{argument}': unknown option {options[0]!r}; the one option is rationale=N")
+    try:
+        tokens = int(value)
+    except ValueError:
+        raise ValueError(f"'{kind}:{argument}': rationale=N needs an integer N >= 0, got {value!r}") from None
+    if tokens < 0:
+        raise ValueError(f"'{kind}:{argument}': rationale=N needs an integer N >= 0, got {tokens}")
+    return name, tokens
 
 
 def verifier_from_spec(argument: str) -> Reward:
@@ -117,11 +149,25 @@ def _classifier(path: str, batch_size: int, device: str | None, max_length: int 
         raise ValueError(f"classifier:{path}: cannot load a sequence-classification model: {err}") from None
 
 
-def _judge(name: str, batch_size: int, device: str | None) -> Reward:
+def _judge_model(name: str, device: str | None):
+    """(model, tokenizer) of a judge: `alignkit.models.load(name)`, moved to `device` if given."""
     from alignkit.models import load
-    from alignkit.models.rewards.judge import LLMJudge
 
     model, tokenizer, *_ = load(name)
     if device is not None:
         model.to(device)
-    return LLMJudge(model, tokenizer, batch_size=batch_size)
+    return model, tokenizer
+
+
+def _judge(name: str, batch_size: int, device: str | None) -> Reward:
+    from alignkit.models.rewards.judge import LLMJudge
+
+    return LLMJudge(*_judge_model(name, device), batch_size=batch_size)
+
+
+def _just_eval(kind: str, name: str, rationale: int | None, batch_size: int, device: str | None) -> Reward:
+    from alignkit.models.rewards.aspects import DEFAULT_RATIONALE_TOKENS, AspectJudge, SafetyJudge
+
+    judge = AspectJudge if kind == "aspects" else SafetyJudge
+    tokens = DEFAULT_RATIONALE_TOKENS if rationale is None else rationale
+    return judge(*_judge_model(name, device), rationale_tokens=tokens, batch_size=batch_size, judge_model=name)
