@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from alignkit.cli.common import RAW, io_arguments, read_rows, require, write_rows
+from alignkit.cli.honesty_verbs import add_honesty_data
 
 DATA_EPILOG = """\
 examples (every transform writes a new JSONL file and never overwrites its input):
@@ -36,14 +37,15 @@ existing `scores` field is replaced. The `bco_udm` objective weights undesirable
 
 def add_data_verbs(verbs: argparse._SubParsersAction) -> None:
     """Add `data` and its transforms to the `alignkit` subcommands."""
-    data = verbs.add_parser("data", help="dataset transforms: reward-augment, buckets, direction, soup, udm",
+    data = verbs.add_parser("data", help="dataset transforms: reward-augment, buckets, direction, soup, udm, honesty",
                             description="Transform a dataset into a new one.", epilog=DATA_EPILOG, formatter_class=RAW)
-    transforms = data.add_subparsers(dest="transform", required=True, metavar="TRANSFORM")
+    transforms = data.add_subparsers(dest="subverb", required=True, metavar="TRANSFORM")
     _add_augment(transforms)
     _add_buckets(transforms)
     _add_direction(transforms)
     _add_soup(transforms)
     _add_udm(transforms)
+    add_honesty_data(transforms)
 
 
 def _add_augment(transforms: argparse._SubParsersAction) -> None:

@@ -17,11 +17,14 @@ import os
 import sys
 import textwrap
 
+from alignkit.cli.analyze_verb import add_analyze_verb
 from alignkit.cli.data_verbs import add_data_verbs
 from alignkit.cli.dataset_verbs import add_dataset_verbs
+from alignkit.cli.eval_verb import add_eval_verb
 from alignkit.cli.export_verb import add_export_verb
 from alignkit.cli.generate_verb import add_generate_verb
 from alignkit.cli.recipes_verb import add_recipes_verb
+from alignkit.cli.report_verb import add_report_verb
 
 TRAIN_EPILOG = """\
 overrides are dotted keys of the recipe, for example:
@@ -76,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset_verbs(verbs)
     add_data_verbs(verbs)
     add_generate_verb(verbs)
+    add_eval_verb(verbs)
+    add_analyze_verb(verbs)
+    add_report_verb(verbs)
     add_export_verb(verbs)
     add_recipes_verb(verbs)
     return parser
@@ -155,6 +161,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"unrecognized arguments: {' '.join(item for item in extra if item not in overrides)}")
     if overrides:
         args.overrides = [*args.overrides, *overrides]
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what reports show as the command that made them
     return args
 
 
@@ -183,7 +190,7 @@ def _reported(args: argparse.Namespace, err: Exception) -> int | None:
     from alignkit.models.loading import ModelLoadError
     from alignkit.train.guard import NonFiniteError
 
-    verb = " ".join(filter(None, (args.verb, getattr(args, "transform", None))))
+    verb = " ".join(filter(None, (args.verb, getattr(args, "subverb", None))))
     if isinstance(err, NonFiniteError):
         print(f"alignkit {verb}: stopped: {err}", file=sys.stderr)
         return 3
