@@ -22,6 +22,7 @@ The reference stays loaded while the policies are loaded one at a time (two mode
 from __future__ import annotations
 
 import gc
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ from alignkit.eval.kl import SampleKL, sample_kl
 from alignkit.models.likelihood import token_logps_of_ids
 from alignkit.models.loading import Loaded, ensure_loaded, load_tokenizer
 from alignkit.models.rewards import Reward
+
+log = logging.getLogger(__name__)
 
 ModelSpec = str | os.PathLike | Loaded
 
@@ -137,11 +140,14 @@ def policy_kl(policy: Loaded, reference: Loaded, samples: Samples, batch_size: i
 def _answer(loaded: Loaded, name: str, role: str, prompts: Sequence[Prompt], settings: SamplingSettings,
             reference: Loaded | None) -> SystemOutput:
     """A system's evaluation samples, and for a policy the KL of its temperature-1 samples."""
+    log.info("%s: %d answer(s) to each of %d prompts", name, settings.n, len(prompts))
     samples = _sample(loaded, prompts, settings, settings.n, settings.temperature, settings.top_p)
     output = SystemOutput(name, role, samples.texts, samples.counts)
     if reference is not None:
         kl_samples = samples if settings.samples_are_the_policy else _sample(loaded, prompts, settings,
                                                                               settings.kl_samples, 1.0, 1.0)
+        log.info("%s: KL to the reference from %s", name, "those answers" if settings.samples_are_the_policy
+                 else f"{settings.kl_samples} temperature-1 sample(s) per prompt")
         output.kl = policy_kl(loaded, reference, kl_samples, settings.batch_size)
     return output
 
@@ -178,6 +184,7 @@ def score_systems(prompts: Sequence[Prompt], systems: Sequence[SystemOutput],
     shapes = [(len(system.texts), len(system.texts[0])) for system in systems]
     scores: dict[str, list[np.ndarray]] = {}
     for name, reward in rewards.items():
+        log.info("scoring %d answers with %s", len(flat_texts), name)
         values = reward(flat_prompts, flat_texts).double().cpu().numpy()
         columns = {name: values} if values.ndim == 1 else {f"{name}/{attribute}": values[:, k]
                                                           for k, attribute in enumerate(reward.attributes)}
