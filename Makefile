@@ -27,7 +27,9 @@ install-test: $(VENV)/.installed-test
 
 demo: install
 	$(BIN)/alignkit train --config recipes/demo_dpo_smollm2.yaml overwrite=true
-	$(BIN)/alignkit evaluate --model smollm2-135m-instruct --model runs/demo/final --output runs/demo/heldout_eval.jsonl
+	$(BIN)/alignkit eval --policy runs/demo/final --reference smollm2-135m-instruct \
+	    --prompts builtin:demo/heldout.jsonl --max-new-tokens 96 --batch-size 16 --out runs/demo/eval --overwrite
+	$(BIN)/alignkit report runs/demo --overwrite
 
 test: install-test
 	$(BIN)/python -m pytest -q
