@@ -40,3 +40,16 @@ def write_rows(args: argparse.Namespace, rows: list[dict]) -> None:
 
     write_jsonl(rows, args.out, inputs=inputs_of(args), overwrite=args.overwrite)
     print(f"wrote {len(rows)} rows to {args.out}")
+
+
+def flagged(flag: str, function, *args, **kwargs):
+    """`function(*args, **kwargs)`, its user errors (a model that does not load, a bad value, a missing file)
+    re-raised with `flag` in front, so the message names the argument."""
+    from alignkit.models.loading import ModelLoadError
+
+    try:
+        return function(*args, **kwargs)
+    except ModelLoadError as err:
+        raise ModelLoadError(f"{flag}: {err}") from None
+    except (ValueError, OSError) as err:
+        raise ValueError(f"{flag}: {err}") from None

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from alignkit.cli.common import RAW, require
+from alignkit.cli.common import RAW, flagged, require
 
 EPILOG = """\
 judges (--judge):
@@ -63,17 +63,6 @@ def add_compliance_eval(evals: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_compliance_gap)
 
 
-def _flagged(flag: str, function, *args, **kwargs):
-    """`function(*args)`, its user errors re-raised as ValueError naming `flag`."""
-    from alignkit.models.loading import ModelLoadError
-
-    try:
-        return function(*args, **kwargs)
-    except ModelLoadError as err:
-        raise ModelLoadError(f"{flag}: {err}") from None
-    except (ValueError, OSError) as err:
-        raise ValueError(f"{flag}: {err}") from None
-
 
 def _check_numbers(args: argparse.Namespace) -> None:
     require(args.k >= 1, f"--k: must be at least 1, got {args.k}")
@@ -90,13 +79,13 @@ def _inputs(args: argparse.Namespace) -> dict:
     from alignkit.eval import compliance
 
     _check_numbers(args)
-    chat_template = _flagged("--chat-template", chat_template_choice, args)
-    template = _flagged("--template", compliance.read_template, args.template)
-    system = _flagged("--system", compliance.read_system_prompt, args.system)
+    chat_template = flagged("--chat-template", chat_template_choice, args)
+    template = flagged("--template", compliance.read_template, args.template)
+    system = flagged("--system", compliance.read_system_prompt, args.system)
     require(chat_template is not False or not system, "--no-chat-template: raw text would drop the system prompt; "
                                                       "give a chat template, or --system with an empty file")
-    requests = _flagged("--requests", compliance.load_requests, args.requests, args.field)
-    judge = _flagged("--judge", compliance.judge_from_spec, args.judge, args.threshold, batch_size=args.batch_size)
+    requests = flagged("--requests", compliance.load_requests, args.requests, args.field)
+    judge = flagged("--judge", compliance.judge_from_spec, args.judge, args.threshold, batch_size=args.batch_size)
     contexts = tuple(compliance.Context(label, cue) for label, cue in zip(args.labels, args.cues))
     return {"chat_template": chat_template, "template": template, "system": system, "requests": requests,
             "judge": judge, "contexts": contexts}
@@ -134,8 +123,8 @@ def _compliance_gap(args: argparse.Namespace) -> int:
     from alignkit.models import load
 
     given = [path for path in (args.requests, args.template, args.system) if path]
-    folder = _flagged("--out", prepare_output, args.out, overwrite=args.overwrite, inputs=given)
-    model, tokenizer, _ = _flagged("--model", load, args.model)
+    folder = flagged("--out", prepare_output, args.out, overwrite=args.overwrite, inputs=given)
+    model, tokenizer, _ = flagged("--model", load, args.model)
     model.eval()
     template = inputs["chat_template"]
     result = compliance_gap(inputs["requests"], _sampler(args, model, tokenizer, template), inputs["judge"],

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from alignkit.cli.common import RAW, require
+from alignkit.cli.common import RAW, flagged, require
 
 EVAL_EPILOG = """\
 each model answers every question greedily: the evaluated model under the honest prompt (--model-prompt), the
@@ -109,17 +109,6 @@ def _prompt_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--match", default="words", help="answer match: words (default) or substring")
 
 
-def _flagged(flag: str, function, *args, **kwargs):
-    """`function(*args)`, its user errors re-raised naming `flag`."""
-    from alignkit.models.loading import ModelLoadError
-
-    try:
-        return function(*args, **kwargs)
-    except ModelLoadError as err:
-        raise ModelLoadError(f"{flag}: {err}") from None
-    except (ValueError, OSError) as err:
-        raise ValueError(f"{flag}: {err}") from None
-
 
 def _check_choices(args: argparse.Namespace, prompts: tuple[tuple[str, str], ...]) -> None:
     from alignkit.models.verifiers import MATCH_MODES, QA_PROMPTS
@@ -141,17 +130,17 @@ def _eval_inputs(args: argparse.Namespace) -> dict:
     _check_choices(args, (("--model-prompt", args.model_prompt), ("--reference-prompt", args.reference_prompt)))
     require(bool(args.reference or args.reference_answers), "--reference: give the unaligned reference model, or "
                                                             "--reference-answers FILE from an earlier run")
-    chat_template = _flagged("--chat-template", chat_template_choice, args)
-    questions = _flagged("--questions", load_questions, args.questions)
+    chat_template = flagged("--chat-template", chat_template_choice, args)
+    questions = flagged("--questions", load_questions, args.questions)
     reference_answers = None
     if args.reference_answers:
-        reference_answers = _flagged("--reference-answers", read_reference_answers, args.reference_answers,
+        reference_answers = flagged("--reference-answers", read_reference_answers, args.reference_answers,
                                      questions)
     given = [path for path in (args.questions, args.reference_answers) if path]
-    folder = _flagged("--out", prepare_output, args.out, overwrite=args.overwrite, inputs=given)
-    _flagged("--model", resolve, args.model)
+    folder = flagged("--out", prepare_output, args.out, overwrite=args.overwrite, inputs=given)
+    flagged("--model", resolve, args.model)
     if reference_answers is None:
-        _flagged("--reference", resolve, args.reference)
+        flagged("--reference", resolve, args.reference)
     return {"chat_template": chat_template, "questions": questions, "reference_answers": reference_answers,
             "folder": folder}
 
@@ -160,7 +149,7 @@ def _answers(args: argparse.Namespace, name: str, flag: str, prompt: str, inputs
     from alignkit.eval.honesty import greedy_answers
     from alignkit.models import load
 
-    model, tokenizer, _ = _flagged(flag, load, name)
+    model, tokenizer, _ = flagged(flag, load, name)
     model.eval()
     return greedy_answers(model, tokenizer, inputs["questions"], prompt=prompt, max_new_tokens=args.max_new_tokens,
                           batch_size=args.batch_size, chat_template=inputs["chat_template"])
@@ -213,18 +202,18 @@ def _data_inputs(args: argparse.Namespace):
     require(args.temperature >= 0, f"--temperature: must be >= 0, got {args.temperature}")
     require(0 < args.top_p <= 1, f"--top-p: must be in (0, 1], got {args.top_p}")
     check_settings(args.method, m=args.m, tau=args.tau, prompts=(args.train_prompt, args.sample_prompt))
-    chat_template = _flagged("--chat-template", chat_template_choice, args)
+    chat_template = flagged("--chat-template", chat_template_choice, args)
     given = [path for path in (args.questions, args.attempts) if path]
     if args.attempts:
         require(not args.model and not args.questions, "--attempts: rebuilds without a model; drop --model and "
                                                        "--questions")
-        attempts = _flagged("--attempts", load_attempts, args.attempts, args.match)
-        _flagged("--out", check_output, args.out, given, overwrite=args.overwrite)
+        attempts = flagged("--attempts", load_attempts, args.attempts, args.match)
+        flagged("--out", check_output, args.out, given, overwrite=args.overwrite)
         return None, attempts, chat_template
     require(bool(args.model and args.questions), "--model and --questions are required (or --attempts FILE)")
-    questions = _flagged("--questions", load_questions, args.questions)
-    _flagged("--out", check_output, args.out, given, overwrite=args.overwrite)
-    _flagged("--model", resolve, args.model)
+    questions = flagged("--questions", load_questions, args.questions)
+    flagged("--out", check_output, args.out, given, overwrite=args.overwrite)
+    flagged("--model", resolve, args.model)
     return questions, None, chat_template
 
 
@@ -238,7 +227,7 @@ def _data_honesty(args: argparse.Namespace) -> int:
     if attempts is not None:
         rows = training_rows(attempts, args.method, tau=args.tau, prompt=args.train_prompt, chat=chat_template is not False)
     else:
-        model, tokenizer, source = _flagged("--model", load, args.model)
+        model, tokenizer, source = flagged("--model", load, args.model)
         model.eval()
         rows, attempts = honesty_rows(questions, Loaded(model, tokenizer, source), method=args.method, m=args.m,
                                       temperature=args.temperature, top_p=args.top_p,
