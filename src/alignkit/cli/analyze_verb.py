@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from alignkit.cli.common import RAW, require
+from alignkit.cli.common import RAW, flagged, require
 
 SHIFT_EPILOG = """\
 frames (what the base model reads before the answer):
@@ -55,40 +55,23 @@ def add_analyze_verb(verbs: argparse._SubParsersAction) -> None:
     shift.set_defaults(run=_shift)
 
 
-def _read_prompts(source: str, field: str) -> list:
-    from alignkit.data import read_prompts
-    from alignkit.data.records import load_prompt_records
-
-    records = load_prompt_records(source, field)
-    if not records:
-        raise ValueError(f"--prompts {source}: no prompts")
-    return read_prompts(records, field)
-
-
-def _load(name: str, flag: str):
-    """`ensure_loaded(name)` (on the GPU if any); a model that does not load is reported with its flag."""
-    from alignkit.models.loading import ModelLoadError, ensure_loaded
-
-    try:
-        return ensure_loaded(name)
-    except (ModelLoadError, OSError, ValueError) as err:
-        raise ModelLoadError(f"{flag} {name}: {err}") from err
-
-
 def _shift(args: argparse.Namespace) -> int:
     import time
 
     from alignkit.cli.generate_verb import chat_template_choice
+    from alignkit.eval.inputs import read_prompts
     from alignkit.eval.output import plot_path, prepare_output, write_results
     from alignkit.eval.shift import analyze_shift, check_same_vocabulary
     from alignkit.eval.shift_report import plot_shift_by_position, shift_report, shift_results, summarize
+    from alignkit.models.loading import ensure_loaded
 
     for flag in ("max_new_tokens", "batch_size", "top_k", "bucket_width", "top_tokens"):
         require(getattr(args, flag) >= 1, f"--{flag.replace('_', '-')} must be at least 1")
     template = chat_template_choice(args)
-    prompts = _read_prompts(args.prompts, args.prompt_field)
+    prompts, _ = read_prompts(args.prompts, args.prompt_field)
     folder = prepare_output(args.out, overwrite=args.overwrite, inputs=[args.prompts] if args.prompts != "-" else [])
-    base, aligned = _load(args.base, "--base"), _load(args.aligned, "--aligned")
+    base = flagged("--base", ensure_loaded, args.base)
+    aligned = flagged("--aligned", ensure_loaded, args.aligned)
     check_same_vocabulary(base.tokenizer, aligned.tokenizer, f"--base {args.base}", f"--aligned {args.aligned}")
     started = time.perf_counter()
     analysis = analyze_shift(base.model, base.tokenizer, aligned.model, aligned.tokenizer, prompts, frame=args.frame,

@@ -11,7 +11,8 @@ from pathlib import Path
 from alignkit.data import Record, collect
 from alignkit.data.prompts import Prompt
 from alignkit.data.records import load_prompt_records
-from alignkit.data.rows import RowProblem, prompt_field
+from alignkit.data.rows import RowProblem
+from alignkit.data.rows import read_prompts as read_rows_prompts  # same name as the function below
 from alignkit.models.rewards import Reward
 from alignkit.models.rewards.spec import reward_from_spec
 from alignkit.models.rewards.verifiers import InstructionChecks
@@ -24,7 +25,7 @@ def read_prompts(source: str, field: str = "prompt") -> tuple[list[Prompt], list
     """The prompts (and their records) of a dataset, a .txt file or stdin; every bad row reported at once,
     and an empty source is an error naming it."""
     records = load_prompt_records(source, field)
-    prompts = collect(records, lambda record: prompt_field(record.data, field))
+    prompts = read_rows_prompts(records, field)
     if not prompts:
         raise ValueError(f"--prompts {source}: no prompts found")
     return prompts, records
