@@ -101,10 +101,11 @@ def test_reward_calls_and_forward_passes_closed_form(model, smol_tokenizer):
     assert all(count == T for row in candidates.tokens for count in row)  # fixed-length run: no EOS drawn
     assert reward.calls == 1 and reward.scored == n * len(PROMPTS)
     assert candidates.reward_calls == [n] * len(PROMPTS)
-    assert candidates.forward_passes == [n * T] * len(PROMPTS)  # prefill + T − 1 steps, N rows each
+    # one prefill row per prompt (its cache shared by the n samples), then T − 1 steps of n rows
+    assert candidates.forward_passes == [1 + n * (T - 1)] * len(PROMPTS)
     got = sample_and_rerank(model, smol_tokenizer, PROMPTS, reward=Length(), n=n, select="max", max_new_tokens=T,
                             batch_size=2, seed=0)
-    assert [c.diagnostics["forward_passes_per_token"] for c in got] == [float(n)] * len(PROMPTS)
+    assert [c.diagnostics["forward_passes_per_token"] for c in got] == [(1 + n * (T - 1)) / T] * len(PROMPTS)
     assert [c.diagnostics["reward_calls"] for c in got] == [n] * len(PROMPTS)
     assert [c.tokens for c in got] == [T] * len(PROMPTS)
 

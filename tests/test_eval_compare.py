@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from alignkit.cli.main import main
-from alignkit.decode.sampling import sample_sequences
+from alignkit.models.sampling import sample_sequences
 from alignkit.eval import compare as compare_module
 from alignkit.eval.compare import SamplingSettings, compare, policy_kl
 from alignkit.eval.inputs import expand_policies
@@ -223,3 +223,18 @@ def test_a_run_folder_stands_for_its_complete_checkpoints_and_final_model(tmp_pa
         "smollm2-135m-instruct"]
     (run / "final" / "training_state.json").write_text('{"step": 10, "tokens": 0}')  # final = step 10's weights
     assert expand_policies([str(run)]) == [str(run / "checkpoints" / "step-000005"), str(run / "final")]
+
+
+def test_best_of_n_keeps_each_blocks_highest_scoring_policy_answer_and_leaves_the_reference_alone():
+    from alignkit.eval.compare import SystemOutput, best_of_n
+
+    reference = SystemOutput("ref", "reference", [["r0", "r1", "r2", "r3"]], [[1, 2, 3, 4]])
+    policy = SystemOutput("pol", "policy", [["a", "b", "c", "d"]], [[5, 6, 7, 8]])
+    scores = {"first": [np.array([[0.0, 1.0, 2.0, 3.0]]), np.array([[0.2, 0.9, 0.5, 0.5]])],
+              "second": [np.array([[9.0, 9.0, 9.0, 9.0]]), np.array([[1.0, 2.0, 3.0, 4.0]])]}
+    systems, kept = best_of_n([reference, policy], scores, 2, "first")
+    assert systems[0] is reference and kept["first"][0] is scores["first"][0]
+    assert systems[1].texts == [["b", "c"]] and systems[1].tokens == [[6, 7]]  # a tie keeps the first
+    assert kept["first"][1].tolist() == [[0.9, 0.5]] and kept["second"][1].tolist() == [[2.0, 3.0]]
+    with pytest.raises(ValueError, match="best_of"):
+        SamplingSettings(n=3, best_of=2)

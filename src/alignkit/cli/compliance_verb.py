@@ -93,7 +93,7 @@ def _inputs(args: argparse.Namespace) -> dict:
 
 def _sampler(args: argparse.Namespace, model, tokenizer, chat_template):
     """(prompts, k) -> k texts per prompt from the model, reseeded with --seed at every call."""
-    from alignkit.decode.sampling import sample_sequences
+    from alignkit.models.sampling import sample_sequences
 
     def sample(prompts, k):
         return sample_sequences(model, tokenizer, prompts, n=k, temperature=args.temperature, top_p=args.top_p,

@@ -55,6 +55,10 @@ def add_eval_verb(verbs: argparse._SubParsersAction) -> None:
     evaluation.add_argument("--prompt-field", default="prompt", help="the prompt field of the rows (default prompt)")
     evaluation.add_argument("--reward", action="append", default=[], metavar="SPEC", help="a reward (repeatable)")
     evaluation.add_argument("--n", type=int, default=1, help="answers per prompt per model (default 1)")
+    evaluation.add_argument("--best-of", type=int, default=1, metavar="N",
+                            help="best-of-N decoding for the policies: of each N of their --n samples, the one the "
+                                 "first --reward scores highest is the answer (the reference's stay plain samples); "
+                                 "N must divide --n (default 1: off)")
     evaluation.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy")
     evaluation.add_argument("--top-p", type=float, default=1.0)
     evaluation.add_argument("--kl-samples", type=int, default=1,
@@ -83,9 +87,13 @@ def _evaluate_policies(args: argparse.Namespace) -> int:
     from alignkit.eval.output import prepare_output
     from alignkit.models.loading import default_device
 
-    settings = SamplingSettings(n=args.n, temperature=args.temperature, top_p=args.top_p, kl_samples=args.kl_samples,
-                                max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
-                                chat_template=chat_template_choice(args))
+    try:
+        settings = SamplingSettings(n=args.n, temperature=args.temperature, top_p=args.top_p,
+                                    kl_samples=args.kl_samples, max_new_tokens=args.max_new_tokens,
+                                    batch_size=args.batch_size, seed=args.seed,
+                                    chat_template=chat_template_choice(args), best_of=args.best_of)
+    except ValueError as err:
+        args.parser.error(str(err).replace("best_of", "--best-of").replace(" n=", " --n="))
     folder = prepare_output(args.out, overwrite=args.overwrite, inputs=[args.prompts])
     prompts, records = read_prompts(args.prompts, args.prompt_field)
     policies = expand_policies(args.policy)

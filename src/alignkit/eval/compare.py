@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from alignkit.data.prompts import ChatTemplate, Prompt
-from alignkit.decode.sampling import Samples, sample_sequences
+from alignkit.models.sampling import Samples, sample_sequences
 from alignkit.eval.kl import SampleKL, sample_kl
 from alignkit.models.likelihood import token_logps_of_ids
 from alignkit.models.loading import Loaded, ensure_loaded, load_tokenizer
@@ -55,10 +55,13 @@ class SamplingSettings:
     seed: int = 0
     kl_samples: int = 1
     chat_template: ChatTemplate = True
+    best_of: int = 1  # a policy's answer is the best of this many of its samples under the first reward
 
     def __post_init__(self) -> None:
         if self.n < 1 or self.kl_samples < 1:
             raise ValueError(f"n and kl_samples must be at least 1, got {self.n} and {self.kl_samples}")
+        if self.best_of < 1 or self.n % self.best_of:
+            raise ValueError(f"best_of must be at least 1 and divide n, got best_of={self.best_of}, n={self.n}")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}")
 
@@ -173,7 +176,25 @@ def compare(policies: Sequence[ModelSpec], reference: ModelSpec, prompts: Sequen
     del reference_model
     gc.collect()
     scores = score_systems(prompts, systems, rewards)
+    if settings.best_of > 1:
+        systems, scores = best_of_n(systems, scores, settings.best_of, next(iter(scores)))
     return Comparison(list(prompts), systems, scores, settings, tuple(pass_rates))
+
+
+def best_of_n(systems: Sequence[SystemOutput], scores: dict[str, list[np.ndarray]], n: int,
+              by: str) -> tuple[list[SystemOutput], dict[str, list[np.ndarray]]]:
+    """Each policy's answers replaced by best-of-n decoding: consecutive blocks of n samples per prompt, the
+    one with the highest `by` score kept (the first of a tie); the reference's answers stay plain samples — the
+    inference-time win rate of best-of-n against the reference policy (InfAlign, arXiv 2412.19792, §2)."""
+    kept_systems, kept_scores = [systems[0]], {name: [values[0]] for name, values in scores.items()}
+    for s, system in enumerate(systems[1:], start=1):
+        prompts, samples = scores[by][s].shape
+        best = scores[by][s].reshape(prompts, samples // n, n).argmax(-1) + np.arange(0, samples, n)  # [P, samples/n]
+        pick = lambda rows: [[row[i] for i in chosen] for row, chosen in zip(rows, best)]  # noqa: E731
+        kept_systems.append(SystemOutput(system.name, system.role, pick(system.texts), pick(system.tokens), system.kl))
+        for name, values in scores.items():
+            kept_scores[name].append(np.take_along_axis(values[s], best, axis=1))
+    return kept_systems, kept_scores
 
 
 def score_systems(prompts: Sequence[Prompt], systems: Sequence[SystemOutput],

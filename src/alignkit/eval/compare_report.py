@@ -40,7 +40,7 @@ def summarise(comparison: Comparison) -> dict:
                      "max_new_tokens": settings.max_new_tokens, "seed": settings.seed,
                      "kl_samples": settings.n if settings.samples_are_the_policy else settings.kl_samples,
                      "kl_from_evaluation_samples": settings.samples_are_the_policy,
-                     "chat_template": settings.chat_template},
+                     "chat_template": settings.chat_template, "best_of": settings.best_of},
         "bootstrap": {"resamples": RESAMPLES, "confidence": CONFIDENCE, "seed": SEED, "unit": "prompt"},
         "systems": systems,
         "rewards": rewards,
@@ -165,7 +165,9 @@ def render_report(results: dict, command: str = "") -> str:
     settings = results["settings"]
     sampling = "greedy" if settings["temperature"] == 0 else f"temperature {settings['temperature']}, top-p {settings['top_p']}"
     lines = ["# Evaluation", "", f"{results['prompts']} prompts, {settings['n']} answer(s) per prompt per model "
-             f"({sampling}, at most {settings['max_new_tokens']} new tokens, seed {settings['seed']}).",
+             f"({sampling}, at most {settings['max_new_tokens']} new tokens, seed {settings['seed']})"
+             + (f"; each policy's answer is the best of {settings['best_of']} of its samples by the first reward, "
+                "the reference's a plain sample." if settings.get("best_of", 1) > 1 else "."),
              f"Intervals: {CONFIDENCE:.0%} percentile bootstrap over prompts ({RESAMPLES} resamples, seed {SEED}).", ""]
     if command:
         lines += ["```", command, "```", ""]

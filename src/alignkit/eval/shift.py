@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from alignkit.data.prompts import ChatTemplate, Prompt, prompt_text, render_prompt
-from alignkit.decode.sampling import sample_sequences
+from alignkit.models.sampling import sample_sequences
 from alignkit.lazy import lazy
 from alignkit.models.modes import evaluating
 
