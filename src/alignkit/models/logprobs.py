@@ -18,10 +18,12 @@ from torch.utils.checkpoint import checkpoint
 
 @dataclass
 class SequenceLogps:
-    """Completion log-probs per sequence: `sum` (Σ_t log π(y_t|x, y_<t)) and token `count`."""
+    """Completion log-probs per sequence: `sum` (Σ_t log π(y_t|x, y_<t)) and token `count`; with `per_token`
+    scoring also `tokens`, each sequence's token log-probs in order, [N, L] right-padded with 0 (L the longest)."""
 
     sum: torch.Tensor  # [N]
     count: torch.Tensor  # [N], float
+    tokens: torch.Tensor | None = None  # [N, L]
 
     @property
     def mean(self) -> torch.Tensor:
@@ -55,8 +57,10 @@ def completion_logps(
     attention_mask: torch.Tensor,
     completion_mask: torch.Tensor,
     head_chunk: int | None = None,
+    per_token: bool = False,
 ) -> SequenceLogps:
-    """Sum of log π(token | prefix) over the tokens where `completion_mask` is true, per row.
+    """Sum of log π(token | prefix) over the tokens where `completion_mask` is true, per row (and, with
+    `per_token`, the token log-probs themselves: `SequenceLogps.tokens`).
 
     input_ids, attention_mask, completion_mask: [N, T]; completion_mask[:, 0] must be false (the first
     token has no prefix to be scored from). Padding may be on either side.
@@ -67,7 +71,7 @@ def completion_logps(
     previous = torch.arange(-1, input_ids.size(1) - 1, device=input_ids.device).expand_as(input_ids)
     row_slots = torch.arange(rows, device=input_ids.device).unsqueeze(1).expand_as(input_ids)
     return scored_logps(model, input_ids, attention_mask, completion_mask, previous, row_slots, rows,
-                        head_chunk=head_chunk)
+                        head_chunk=head_chunk, per_token=per_token)
 
 
 BLOCK_MASK_ATTENTION = ("sdpa", "eager")  # attention implementations that take a custom 4D mask
@@ -88,13 +92,14 @@ def shared_prefix_logps(
     source_index: torch.Tensor,
     slots: torch.Tensor,
     head_chunk: int | None = None,
+    per_token: bool = False,
 ) -> SequenceLogps:
     """Log-probs of the K·B completions laid out by `alignkit.data.collate_shared_prefix` (rows
     `[prompt | c_1 | … | c_K]`, possibly several examples packed per row): one pass over each prompt."""
     mask = segment_attention_mask(segment_ids, context_ids, next(model.parameters()).dtype)
     num_slots = int(slots.amax()) + 1
     return scored_logps(model, input_ids, mask, completion_mask, source_index, slots, num_slots,
-                        position_ids=position_ids, head_chunk=head_chunk)
+                        position_ids=position_ids, head_chunk=head_chunk, per_token=per_token)
 
 
 def segment_attention_mask(segment_ids: torch.Tensor, context_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -121,10 +126,12 @@ def scored_logps(
     num_slots: int,
     position_ids: torch.Tensor | None = None,
     head_chunk: int | None = None,
+    per_token: bool = False,
 ) -> SequenceLogps:
     """The engine: log π(input_ids[b, t] | hidden[b, source_index[b, t]]) summed into `slots[b, t]`,
     over the positions where `completion_mask` is true. The LM head sees only those hidden states,
-    `head_chunk` of them at a time if set (see `token_logps`)."""
+    `head_chunk` of them at a time if set (see `token_logps`). With `per_token`, also each slot's token
+    log-probs in order (`SequenceLogps.tokens`; both layouts keep a slot's tokens contiguous and in order)."""
     backbone, head = causal_lm_parts(model)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                       use_cache=False).last_hidden_state
@@ -135,7 +142,19 @@ def scored_logps(
     sums = torch.zeros(num_slots, dtype=token_logps.dtype, device=input_ids.device).index_add(0, slot, token_logps)
     counts = torch.zeros(num_slots, dtype=token_logps.dtype, device=input_ids.device)
     counts = counts.index_add(0, slot, torch.ones_like(token_logps))
-    return SequenceLogps(sum=sums, count=counts)
+    tokens = per_slot_tokens(token_logps, slot, counts, num_slots) if per_token else None
+    return SequenceLogps(sum=sums, count=counts, tokens=tokens)
+
+
+def per_slot_tokens(values: torch.Tensor, slot: torch.Tensor, counts: torch.Tensor, num_slots: int) -> torch.Tensor:
+    """[num_slots, L] from per-token `values` [M] and their slots [M], where each slot's tokens are contiguous
+    and in order: a token's column is its index minus its slot's first index; padding is 0; differentiable."""
+    index = torch.arange(values.size(0), device=values.device)
+    first = torch.full((num_slots,), values.size(0), dtype=torch.long, device=values.device)
+    first = first.scatter_reduce(0, slot, index, reduce="amin")
+    width = int(counts.max().item()) if num_slots else 0
+    padded = values.new_zeros(num_slots, width)
+    return padded.index_put((slot, index - first[slot]), values)
 
 
 SCORER_INPUTS = ("input_ids", "completion_mask", "attention_mask", "position_ids", "segment_ids",
@@ -161,27 +180,30 @@ def chunked_token_logps(head: nn.Module, hidden: torch.Tensor, targets: torch.Te
 
 
 class CompletionScorer(nn.Module):
-    """A causal LM whose forward returns `(summed completion log-probs, completion token counts)` per row.
+    """A causal LM whose forward returns `(summed completion log-probs, completion token counts)` per row,
+    and with `per_token` a third tensor, the token log-probs [rows, L] (`SequenceLogps.tokens`).
 
     Training wraps this module (not the bare LM) with accelerate, so distributed gradient sync sees the
     forward that actually runs.
     """
 
-    def __init__(self, model: nn.Module, head_chunk: int | None = None):
+    def __init__(self, model: nn.Module, head_chunk: int | None = None, per_token: bool = False):
         super().__init__()
         self.model = model
         self.head_chunk = head_chunk
+        self.per_token = per_token
 
     def forward(self, input_ids: torch.Tensor, completion_mask: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                **shared_prefix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                **shared_prefix: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Plain rows (`attention_mask`) or shared-prefix rows (`position_ids`, `segment_ids`,
         `context_ids`, `source_index`, `slots` from `collate_shared_prefix`)."""
         if shared_prefix:
             scores = shared_prefix_logps(self.model, input_ids, completion_mask=completion_mask,
-                                         head_chunk=self.head_chunk, **shared_prefix)
+                                         head_chunk=self.head_chunk, per_token=self.per_token, **shared_prefix)
         else:
-            scores = completion_logps(self.model, input_ids, attention_mask, completion_mask, self.head_chunk)
-        return scores.sum, scores.count
+            scores = completion_logps(self.model, input_ids, attention_mask, completion_mask, self.head_chunk,
+                                      per_token=self.per_token)
+        return (scores.sum, scores.count) if scores.tokens is None else (scores.sum, scores.count, scores.tokens)
 
 
 def grouped_logps(scorer: nn.Module, batch: dict[str, torch.Tensor], per_prompt: int) -> list[SequenceLogps]:

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_PREFIX = "step-"
 MANIFEST = "manifest.json"
 TEMPORARY_PREFIX = ".tmp-"
+SOURCE_STATE = "source.pt"
 
 
 @dataclass
@@ -104,10 +105,12 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 
 
 def save_checkpoint(output_dir: Path, model: nn.Module, tokenizer, optimizer, scheduler, state: TrainingState,
-                    keep: int, config_yaml: str, save_optimizer: bool = True, adapter_base: str | None = None) -> Path:
+                    keep: int, config_yaml: str, save_optimizer: bool = True, adapter_base: str | None = None,
+                    source_state: dict | None = None) -> Path:
     """Write the checkpoint of `state.step` and prune to the newest `keep`; without `save_optimizer` the
     optimizer state is left out (about twice the model's size for AdamW), and `state.json` says so. A LoRA
-    adapter names `adapter_base` (the model as the user named it) as its base."""
+    adapter names `adapter_base` (the model as the user named it) as its base. A data source's state (e.g. the
+    online sampler's generation in use) goes to `source.pt`."""
     final = checkpoint_dir(output_dir, state.step)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=TEMPORARY_PREFIX, dir=final.parent))
@@ -120,6 +123,8 @@ def save_checkpoint(output_dir: Path, model: nn.Module, tokenizer, optimizer, sc
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(torch.get_rng_state(), tmp / "rng.pt")
+        if source_state:
+            torch.save(source_state, tmp / SOURCE_STATE)
         state.optimizer_saved = save_optimizer
         (tmp / "state.json").write_text(json.dumps(state.__dict__))
         (tmp / "config.yaml").write_text(config_yaml)
@@ -198,3 +203,9 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer, scheduler) -> Tra
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     torch.set_rng_state(torch.load(folder / "rng.pt", weights_only=True))
     return checkpoint_state(folder)
+
+
+def load_source_state(folder: Path) -> dict:
+    """The data source's state saved with a checkpoint ({} if none)."""
+    path = Path(folder) / SOURCE_STATE
+    return torch.load(path, weights_only=True) if path.exists() else {}

@@ -17,12 +17,15 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from alignkit.train.online_config import REWARD_TRANSFORMS, online_problem, spec_problem
 from alignkit.train.recipes import resolve_recipe
 from alignkit.train.settings import (ConfigError, DataSettings, LoraSettings, ModelSettings, ObjectiveSettings,
-                                     OptimSettings, ReferenceSettings, TrainConfig, trackers)
+                                     OnlineSettings, OptimSettings, ReferenceSettings, RewardSettings, TrainConfig,
+                                     trackers)
 
-__all__ = ["ConfigError", "DataSettings", "LoraSettings", "ModelSettings", "ObjectiveSettings", "OptimSettings",
-           "ReferenceSettings", "TrainConfig", "load_config", "to_yaml", "trackers", "validate"]
+__all__ = ["ConfigError", "DataSettings", "LoraSettings", "ModelSettings", "ObjectiveSettings", "OnlineSettings",
+           "OptimSettings", "ReferenceSettings", "RewardSettings", "TrainConfig", "load_config", "to_yaml", "trackers",
+           "validate"]
 
 
 # ------------------------------------------------------------------ where a value came from
@@ -200,6 +203,11 @@ def _non_empty(value: Any) -> Optional[str]:
     return "must not be empty" if value is not None and len(value) == 0 else None
 
 
+def _numbers(value: list) -> Optional[str]:
+    ok = all(isinstance(item, (int, float)) and not isinstance(item, bool) for item in value)
+    return None if ok else "must be a list of numbers"
+
+
 def _betas(value: list[float]) -> Optional[str]:
     ok = len(value) == 2 and all(0 <= beta < 1 for beta in value)
     return None if ok else "must be two numbers, each in [0, 1) (e.g. [0.9, 0.999])"
@@ -275,13 +283,27 @@ RULES: dict[str, Rule] = {
     "keep_checkpoints": _number(1),  # 0 would delete every checkpoint, the final one included
     "log_every": _number(1),
     "on_nonfinite": _one_of(("stop", "skip")),
+    "online.k": _number(1),
+    "online.max_new_tokens": _number(1),
+    "online.temperature": _number(0, above=True),
+    "online.top_p": _number(0, 1.000001, above=True),
+    "online.updates_per_batch": _number(1),
+    "online.sample_batch_size": _number(1),
+    "reward.n": _number(1),
+    "reward.reference_samples": _number(1),
+    "reward.specs": lambda specs: next((f"[{i}] {spec!r}: {problem}" for i, spec in enumerate(specs)
+                                        if (problem := spec_problem(spec)) is not None), None),
+    "reward.weights": lambda weights: None if weights is None else _numbers(weights),
+    "reward.transform": lambda value: None if value is None else _one_of(REWARD_TRANSFORMS)(value),
 }
 
 # Objective parameters checked wherever an objective has them (beyond the type of the default).
 PARAM_RULES: dict[str, Rule] = {
-    "beta": _number(0, above=True),  # β <= 0 is meaningless for every objective here
+    "beta": _number(0, above=True),  # β <= 0 is meaningless for every offline objective here
     "label_smoothing": _number(0, 0.5),
 }
+# For objectives on prompts sampled online, β weighs a KL penalty: 0 switches it off.
+ONLINE_PARAM_RULES: dict[str, Rule] = {**PARAM_RULES, "beta": _number(0)}
 
 
 def _get(config: TrainConfig, key: str) -> Any:  # the value at dotted `key`; _NOTHING under model.lora=None
@@ -327,8 +349,9 @@ def _check_objective_params(config: TrainConfig, sources: Sources | None) -> Non
             problem = f"{objective.name} has no parameter {name!r}; it takes {sorted(objective.defaults)}"
         else:
             problem = _kind_problem(objective.defaults[name], value)
-            if problem is None and name in PARAM_RULES and isinstance(value, (int, float)):
-                problem = PARAM_RULES[name](value)
+            rules = ONLINE_PARAM_RULES if objective.data_format == "prompts" else PARAM_RULES
+            if problem is None and name in rules and isinstance(value, (int, float)):
+                problem = rules[name](value)
         if problem is not None:
             raise _error(f"objective.params.{name}", value, sources, problem)
 
@@ -343,6 +366,13 @@ def validate(config: TrainConfig, sources: Sources | None = None) -> None:
             raise _error(key, value, sources, problem)
     _check_prompt_length(config, sources)
     _check_objective_params(config, sources)
+    _check_online(config, sources)
+
+
+def _check_online(config: TrainConfig, sources: Sources | None) -> None:
+    problem = online_problem(config)
+    if problem is not None:
+        raise _error(*problem[:2], sources, problem[2])
 
 
 def to_yaml(config: TrainConfig) -> str:

@@ -32,7 +32,7 @@ from alignkit.data import TokenizedExample, sequence_token_count
 from alignkit.models import save_model_atomically
 from alignkit.models.export import ADAPTER_CONFIG, set_adapter_base
 from alignkit.objectives import Objective, get
-from alignkit.objectives.registry import FIELDS, logp_inputs
+from alignkit.objectives.registry import FIELDS, logp_inputs, sampled_inputs
 from alignkit.train import resume as resumes
 from alignkit.train import rundir
 from alignkit.train.checkpoint import TrainingState, checkpoint_dir, latest_checkpoint, save_checkpoint
@@ -42,8 +42,11 @@ from alignkit.train.metrics import MetricsLog
 from alignkit.train.plan import BatchPlan
 from alignkit.train.references import (Batch, ReferenceScores, data_fingerprint, online_reference,
                                        precomputed_reference, scorer_inputs)
-from alignkit.train.setup import (batch_layout, build_optimizer, load_policy, load_training_data, make_accelerator,
-                                  objective_params, reference_scores_for, restore, split_eval,
+from alignkit.models.loading import load_tokenizer
+from alignkit.train.online import prompts_fingerprint
+from alignkit.train.online_setup import load_prompts, online_source
+from alignkit.train.setup import (Policy, batch_layout, build_optimizer, load_policy, load_training_data,
+                                  make_accelerator, objective_params, reference_scores_for, restore, split_eval,
                                   warn_if_smaller_than_a_step, write_config)
 from alignkit.train.sources import DataSource, EvalSet, FixedDataset
 
@@ -118,33 +121,18 @@ class Trainer:
                checkpoint: Path | None, diff: dict, lock: IO | None,
                examples: Sequence[TokenizedExample] | None) -> Trainer:
         """The run in the claimed output folder (see `prepare`)."""
-        tokenizer, examples = load_training_data(config, objective, examples)
-        examples, held_out = split_eval(config, tokenizer, objective, examples)
-        warn_if_smaller_than_a_step(config, len(examples), accelerator.num_processes)
-        fingerprint = data_fingerprint(examples)
-        resumes.check_same_data(checkpoint, fingerprint)
-        policy = load_policy(config, objective, tokenizer, examples)
-        model = policy.model.to(accelerator.device)
-        collate = batch_layout(config, model, tokenizer.pad_token_id)
-        reference = None
-        if objective.needs_reference:
-            reference = precomputed_reference if config.reference.precompute else \
-                online_reference(config, model, accelerator.device)
-        plan = BatchPlan(num_examples=len(examples), batch_size=config.batch_size, grad_accum=config.grad_accum,
-                         epochs=config.epochs, max_steps=config.max_steps, seed=config.seed,
-                         world_size=accelerator.num_processes, rank=accelerator.process_index)
-        scores = reference_scores_for(config, objective, policy, model, examples, collate, accelerator)
-        source = FixedDataset(examples, collate, plan, scores)
-        eval_set = None if held_out is None else EvalSet(
-            held_out, collate, config.batch_size, accelerator.process_index, accelerator.num_processes,
-            reference_scores_for(config, objective, policy, model, held_out, collate, accelerator))
+        if objective.data_format == "prompts":
+            policy, source, reference, eval_set = _online_data(config, accelerator, objective, params, checkpoint)
+        else:
+            policy, source, reference, eval_set = _fixed_data(config, accelerator, objective, checkpoint, examples)
+        model, tokenizer = policy.model, policy.tokenizer
         optimizer, scheduler = build_optimizer(config, [p for p in model.parameters() if p.requires_grad],
                                                source.total_steps)
         scorer, optimizer = accelerator.prepare(policy.scorer, optimizer)
         objective_state = objective.state() if objective.state is not None else None
-        state = restore(checkpoint, model, optimizer, scheduler, objective_state)
+        state = restore(checkpoint, model, optimizer, scheduler, objective_state, source)
         resumes.apply_optimizer_settings(config, optimizer, scheduler, diff)
-        state.data_fingerprint, state.world_size = fingerprint, accelerator.num_processes
+        state.data_fingerprint, state.world_size = source.fingerprint, accelerator.num_processes
         if objective_state is not None:
             params = {**params, "state": objective_state}
         config_yaml = write_config(config, checkpoint, diff, state.step, accelerator.is_main_process)
@@ -160,7 +148,9 @@ class Trainer:
         values = self.name_outputs(self.scorer(**scorer_inputs(batch)))
         if self.reference is not None:
             values.update(logp_inputs("ref", self.objective, self.source.slots, *self.reference(batch)))
-        values.update({field: batch[field] for field in FIELDS if field in batch})
+        if "rewards" in batch:  # samples drawn online: their rewards and the sampling policy's log-probs
+            values.update(sampled_inputs(self.objective, self.source.slots, batch, values))
+        values.update({field: batch[field] for field in FIELDS + self.objective.prepared if field in batch})
         return self.objective(values, self.params if params is None else params)
 
     @torch.no_grad()
@@ -190,6 +180,7 @@ class Trainer:
         device = self.accelerator.device
         batches = self.source.micro_batches(self.state.step)
         examples_in_step = self.source.examples_in_step(self.state.step)
+        updating = time.perf_counter()
         totals: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device))
         for number, batch in enumerate(batches):
             last = number == len(batches) - 1  # gradients are synchronised across processes once, at the end
@@ -207,6 +198,7 @@ class Trainer:
             totals["tokens"] += sequence_token_count(batch)
         metrics = self._averaged(totals, examples_in_step)
         metrics.update(self._update(metrics["loss"]))
+        metrics.update(self.source.metrics(), update_s=time.perf_counter() - updating)
         self.state.step += 1
         self.state.tokens_seen += int(metrics["tokens_in_step"])
         metrics.update(tokens_seen=self.state.tokens_seen, lr=self.scheduler.get_last_lr()[0],
@@ -296,7 +288,8 @@ class Trainer:
         if self.accelerator.is_main_process:
             save_checkpoint(Path(self.config.output_dir), self.model, self.tokenizer, self.optimizer, self.scheduler,
                             self.state, self.config.keep_checkpoints, self.config_yaml,
-                            save_optimizer=self.config.save_optimizer, adapter_base=self.config.model.name_or_path)
+                            save_optimizer=self.config.save_optimizer, adapter_base=self.config.model.name_or_path,
+                            source_state=self.source.state_dict())
         self.accelerator.wait_for_everyone()
 
     def finish(self, metrics: dict[str, float]) -> TrainResult:
@@ -325,3 +318,48 @@ class Trainer:
         if self.lock is not None:
             self.lock.close()
             self.lock = None
+
+
+Data = tuple[Policy, DataSource, "ReferenceScores | None", "EvalSet | None"]
+
+
+def _fixed_data(config: TrainConfig, accelerator: Accelerator, objective: Objective, checkpoint: Path | None,
+                examples: Sequence[TokenizedExample] | None) -> Data:
+    """A dataset fixed at the start: read, split, checked against the checkpoint's fingerprint; the policy; the
+    reference log-probs precomputed (and cached) or scored every step; the eval split."""
+    tokenizer, examples = load_training_data(config, objective, examples)
+    examples, held_out = split_eval(config, tokenizer, objective, examples)
+    warn_if_smaller_than_a_step(config, len(examples), accelerator.num_processes)
+    fingerprint = data_fingerprint(examples)
+    resumes.check_same_data(checkpoint, fingerprint)
+    policy = load_policy(config, objective, tokenizer, examples[0].slots, len(examples[0].scores))
+    model = policy.model.to(accelerator.device)
+    collate = batch_layout(config, model, tokenizer.pad_token_id)
+    reference = None
+    if objective.needs_reference:
+        reference = precomputed_reference if config.reference.precompute else \
+            online_reference(config, model, accelerator.device)
+    plan = BatchPlan(num_examples=len(examples), batch_size=config.batch_size, grad_accum=config.grad_accum,
+                     epochs=config.epochs, max_steps=config.max_steps, seed=config.seed,
+                     world_size=accelerator.num_processes, rank=accelerator.process_index)
+    scores = reference_scores_for(config, objective, policy, model, examples, collate, accelerator)
+    source = FixedDataset(examples, collate, plan, scores, fingerprint)
+    eval_set = None if held_out is None else EvalSet(
+        held_out, collate, config.batch_size, accelerator.process_index, accelerator.num_processes,
+        reference_scores_for(config, objective, policy, model, held_out, collate, accelerator))
+    return policy, source, reference, eval_set
+
+
+def _online_data(config: TrainConfig, accelerator: Accelerator, objective: Objective, params: dict,
+                 checkpoint: Path | None) -> Data:
+    """Prompts sampled online (`alignkit.train.online`): the policy, the sampler (whose batches carry their
+    rewards and reference log-probs, as data) and no eval split."""
+    tokenizer = load_tokenizer(config.model.name_or_path)
+    prompts = load_prompts(config)
+    resumes.check_same_data(checkpoint, prompts_fingerprint(prompts))
+    policy = load_policy(config, objective, tokenizer, (("completions", config.online.k),))
+    model = policy.model.to(accelerator.device)
+    collate = batch_layout(config, model, tokenizer.pad_token_id)
+    source = online_source(config, objective, params, prompts, model, tokenizer, policy.fingerprint, collate,
+                           accelerator)
+    return policy, source, precomputed_reference if objective.needs_reference else None, None

@@ -29,7 +29,7 @@ from alignkit.train.config import TrainConfig
 log = logging.getLogger(__name__)
 Batch = dict[str, torch.Tensor]
 Collate = Callable[[Sequence[TokenizedExample]], Batch]
-ReferenceScores = Callable[[Batch], tuple[torch.Tensor, torch.Tensor]]  # batch -> (sums, counts) [K·B]
+ReferenceScores = Callable[[Batch], tuple[torch.Tensor, ...]]  # batch -> (sums, counts[, tokens]) [K·B]
 
 
 def completions_per_example(examples: Sequence[TokenizedExample]) -> int:
@@ -41,9 +41,11 @@ def scorer_inputs(batch: Batch) -> Batch:
     return {key: batch[key] for key in SCORER_INPUTS if key in batch}
 
 
-def precomputed_reference(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference log-probs a `FixedDataset` batch carries ([B, K]), in the K·B completion order."""
-    return batch["reference_sums"].T.reshape(-1), batch["reference_counts"].T.reshape(-1)
+def precomputed_reference(batch: Batch) -> tuple[torch.Tensor, ...]:
+    """The reference log-probs a batch carries (`reference_sums`, `reference_counts`: [B, K]), in the K·B
+    completion order, and their token log-probs (`reference_tokens`, [K·B, L]) where an online batch has them."""
+    scores = batch["reference_sums"].T.reshape(-1), batch["reference_counts"].T.reshape(-1)
+    return (*scores, batch["reference_tokens"]) if "reference_tokens" in batch else scores
 
 
 def data_fingerprint(examples: Sequence[TokenizedExample]) -> str:
@@ -64,8 +66,10 @@ def external_reference(config: TrainConfig, device: torch.device) -> nn.Module |
     return frozen_copy(load(config.reference.model).model.to(device))
 
 
-def online_reference(config: TrainConfig, policy: nn.Module, device: torch.device) -> ReferenceScores:
-    """The reference scored every step by a model that stays fixed in training.
+def online_reference(config: TrainConfig, policy: nn.Module, device: torch.device,
+                     per_token: bool = False) -> ReferenceScores:
+    """The reference scored every step by a model that stays fixed in training (with `per_token`, the token
+    log-probs too: `(sums, counts, tokens)`).
 
     LoRA policies use themselves with adapters disabled (no second copy); full fine-tuning keeps a frozen
     copy of the initial weights.
@@ -74,10 +78,10 @@ def online_reference(config: TrainConfig, policy: nn.Module, device: torch.devic
     if fixed is None and not hasattr(policy, "disable_adapter"):
         fixed = frozen_copy(policy)
 
-    def scores(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def scores(batch: Batch) -> tuple[torch.Tensor, ...]:
         context = contextlib.nullcontext(fixed) if fixed is not None else policy_as_reference(policy)
         with context as model, torch.no_grad():
-            return CompletionScorer(model, config.lm_head_chunk)(**scorer_inputs(batch))
+            return CompletionScorer(model, config.lm_head_chunk, per_token=per_token)(**scorer_inputs(batch))
     return scores
 
 

@@ -56,12 +56,40 @@ class OptimSettings:
 
 
 @dataclass
+class OnlineSettings:
+    """Sampling for objectives on `prompts` data (`alignkit.train.online`): each generation of samples draws
+    `k` completions of every prompt of an optimizer step from the current policy."""
+
+    k: int = 4  # completions sampled per prompt (the group of RLOO and GRPO)
+    max_new_tokens: int = 64
+    temperature: float = 1.0  # the log-probs the objectives see are the untempered policy's
+    top_p: float = 1.0
+    updates_per_batch: int = 1  # optimizer steps on each generation of samples (TRL's num_iterations)
+    sample_batch_size: int = 16  # prompts per decoding call (their k samples decode together)
+
+
+@dataclass
+class RewardSettings:
+    """The reward of sampled completions: specs as `alignkit score --reward` takes them, summed with weights;
+    optionally InfAlign's calibration against the reference policy's samples and a transform (CTRL)."""
+
+    specs: list[str] = field(default_factory=list)  # e.g. ["verifier:checks=builtin:demo/train.jsonl"]
+    weights: Optional[list[float]] = None  # one per spec; default 1 each
+    calibrate: bool = False  # replace r by its quantile among the reference policy's samples of the same prompt
+    transform: Optional[str] = None  # best_of_n (u^n) or worst_of_n (1 − (1 − u)^n) of the calibrated reward
+    n: int = 4  # the n of the transform
+    reference_samples: int = 8  # samples per prompt from the reference policy for the calibration (cached)
+
+
+@dataclass
 class TrainConfig:
     model: ModelSettings = field(default_factory=ModelSettings)
     data: DataSettings = field(default_factory=DataSettings)
     objective: ObjectiveSettings = field(default_factory=ObjectiveSettings)
     reference: ReferenceSettings = field(default_factory=ReferenceSettings)
     optim: OptimSettings = field(default_factory=OptimSettings)
+    online: OnlineSettings = field(default_factory=OnlineSettings)
+    reward: RewardSettings = field(default_factory=RewardSettings)
     output_dir: str = "runs/dpo"
     overwrite: bool = False  # allow starting afresh in an output_dir that already holds a run
     batch_size: int = 4  # examples (e.g. preference pairs) per micro-batch, per process

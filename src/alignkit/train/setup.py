@@ -31,7 +31,7 @@ from alignkit.models.reward_head import RewardScorer, load_reward_model
 from alignkit.objectives import Objective
 from alignkit.objectives.registry import Slots, logp_inputs, reward_inputs
 from alignkit.train import resume as resumes
-from alignkit.train.checkpoint import TrainingState, load_checkpoint
+from alignkit.train.checkpoint import TrainingState, load_checkpoint, load_source_state
 from alignkit.train.config import ConfigError, TrainConfig, trackers
 from alignkit.train.metrics import tracker_dir
 from alignkit.train.references import Collate, precompute_reference
@@ -90,14 +90,13 @@ def load_training_data(config: TrainConfig, objective: Objective,
     return tokenizer, examples
 
 
-def load_policy(config: TrainConfig, objective: Objective, tokenizer: Any,
-                examples: Sequence[TokenizedExample]) -> Policy:
+def load_policy(config: TrainConfig, objective: Objective, tokenizer: Any, slots: Slots, num_scores: int = 0) -> Policy:
     """The model to train with its scorer, chosen once by the objective's head. A causal LM is scored by
-    completion log-probs (`policy_{slot}_logps`, `{slot}_lengths`); a reward model (`head="reward"`, a k-output
-    head, k the scores per row) by the reward at each completion's last token (`{slot}_rewards`)."""
-    slots: Slots = examples[0].slots
+    completion log-probs (`policy_{slot}_logps`, `{slot}_lengths`, and token log-probs where the objective
+    reads them); a reward model (`head="reward"`, a k-output head, k = `num_scores` per row) by the reward at
+    each completion's last token (`{slot}_rewards`)."""
     if objective.head == "reward":
-        model = load_reward_model(config.model.name_or_path, num_labels=len(examples[0].scores) or 1).model
+        model = load_reward_model(config.model.name_or_path, num_labels=num_scores or 1).model
     else:
         model = load(config.model.name_or_path).model
     disable_dropout(model)
@@ -109,7 +108,7 @@ def load_policy(config: TrainConfig, objective: Objective, tokenizer: Any,
     if objective.head == "reward":
         return Policy(model, tokenizer, RewardScorer(model), functools.partial(reward_inputs, objective, slots),
                       fingerprint)
-    return Policy(model, tokenizer, CompletionScorer(model, config.lm_head_chunk),
+    return Policy(model, tokenizer, CompletionScorer(model, config.lm_head_chunk, per_token=objective.per_token),
                   lambda output: logp_inputs("policy", objective, slots, *output), fingerprint)
 
 
@@ -154,12 +153,14 @@ def build_optimizer(config: TrainConfig, trainable: list[nn.Parameter], total_st
     return optimizer, scheduler
 
 
-def restore(checkpoint: Path | None, model: nn.Module, optimizer, scheduler, objective_state: Any) -> TrainingState:
-    """Step 0, or the state of `checkpoint`, whose weights, optimizer, scheduler, RNG and objective state are
-    loaded into the given objects."""
+def restore(checkpoint: Path | None, model: nn.Module, optimizer, scheduler, objective_state: Any,
+            source: Any) -> TrainingState:
+    """Step 0, or the state of `checkpoint`, whose weights, optimizer, scheduler, RNG, objective state and data
+    source state are loaded into the given objects."""
     if checkpoint is None:
         return TrainingState(step=0)
     state = load_checkpoint(checkpoint, model, optimizer, scheduler)
+    source.load_state_dict(load_source_state(checkpoint))
     if objective_state is not None:
         objective_state.load_state_dict(state.objective_state)
     log.info("resumed from %s (step %d)", checkpoint, state.step)

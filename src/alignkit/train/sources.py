@@ -46,6 +46,21 @@ class DataSource(Protocol):
         """Any valid batch, for a process with no example to run a forward and backward that adds nothing (so
         it still takes part in the gradient synchronisation)."""
 
+    @property
+    def fingerprint(self) -> str:
+        """Of the data (checked on resume: a resumed run must read the same data)."""
+
+    def metrics(self) -> dict[str, float]:
+        """The source's own numbers for the step whose batches it handed out last (e.g. seconds spent
+        sampling); {} for a fixed dataset."""
+
+    def state_dict(self) -> dict:
+        """What a checkpoint must keep beyond the weights and the step to resume the source exactly ({} if
+        nothing)."""
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()`'s state."""
+
 
 @dataclass
 class FixedDataset:
@@ -56,10 +71,20 @@ class FixedDataset:
     collate: Collate
     plan: BatchPlan
     reference: dict[str, torch.Tensor] | None = None
+    fingerprint: str = ""  # `alignkit.train.references.data_fingerprint` of the examples
 
     @property
     def slots(self) -> Slots:
         return self.examples[0].slots
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}  # the plan is a function of (seed, step)
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
     @property
     def total_steps(self) -> int:
