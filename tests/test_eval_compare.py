@@ -238,3 +238,19 @@ def test_best_of_n_keeps_each_blocks_highest_scoring_policy_answer_and_leaves_th
     assert kept["first"][1].tolist() == [[0.9, 0.5]] and kept["second"][1].tolist() == [[2.0, 3.0]]
     with pytest.raises(ValueError, match="best_of"):
         SamplingSettings(n=3, best_of=2)
+
+
+def test_eval_cli_best_of_n_end_to_end(tmp_path, tiny_chat_model_dir, second_model_dir):
+    """--n 4 --best-of 2: each policy keeps 2 answers per prompt (the better of each pair), the reference 4;
+    the per-check tables count each system's own answers."""
+    prompts = _write_prompts(tmp_path / "prompts.jsonl")
+    out = tmp_path / "eval"
+    code = main(["eval", "--policy", str(second_model_dir), "--reference", str(tiny_chat_model_dir), "--prompts",
+                 str(prompts), "--reward", "verifier:max_words=3", "--reward", "checks", "--n", "4", "--best-of", "2",
+                 "--temperature", "1", "--max-new-tokens", "4", "--out", str(out)])
+    assert code == 0
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    per_system = {name: sum(row["role"] == name for row in rows) for name in ("reference", "policy")}
+    assert per_system == {"reference": 4 * len(PROMPTS), "policy": 2 * len(PROMPTS)}
+    assert "best of 2" in (out / "report.md").read_text()
+    assert json.loads((out / "eval.json").read_text())["settings"]["best_of"] == 2

@@ -147,7 +147,9 @@ def _objectives(args: argparse.Namespace) -> int:
     for objective in available():
         reference = "reference" if objective.needs_reference else "no reference"
         print(f"{objective.name:<12} {objective.description}")
-        print(textwrap.indent(f"data: {objective.data_format}; {reference}; log-probs: {objective.logps}; "
+        logps = "per token" if objective.per_token else objective.logps
+        data = objective.data_format + (" (sampled online)" if objective.data_format == "prompts" else "")
+        print(textwrap.indent(f"data: {data}; {reference}; log-probs: {logps}; "
                               f"defaults: {objective.defaults}\nsource: {objective.source}", " " * 13))
     return 0
 

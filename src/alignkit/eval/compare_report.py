@@ -126,9 +126,10 @@ def _label(name: str) -> str:
 
 def check_reports(comparison: Comparison, rows: Sequence[dict]) -> list[InstructionReport]:
     """Each system's answers scored by their prompt rows' checks (`alignkit.eval.instructions`), every sample
-    counted, in system order: what `alignkit evaluate` tabulates per check family."""
-    repeated = [row for row, texts in zip(rows, comparison.reference.texts) for _ in texts]
-    return [score_instructions(repeated, [text for texts in system.texts for text in texts])
+    counted (a system may have fewer answers per prompt than another: best-of-n keeps one of n), in system
+    order: what `alignkit evaluate` tabulates per check family."""
+    return [score_instructions([row for row, texts in zip(rows, system.texts) for _ in texts],
+                               [text for texts in system.texts for text in texts])
             for system in comparison.systems]
 
 

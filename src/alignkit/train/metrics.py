@@ -17,7 +17,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 PROGRESS_KEYS = {"loss": "loss", "rewards/margins": "margin", "rewards/accuracies": "acc", "eval/loss": "eval",
-                 "tokens_per_s": "tok/s"}
+                 "reward": "reward", "kl": "kl", "tokens_per_s": "tok/s"}  # reward, kl: online objectives
 PROJECT = "alignkit"
 
 
