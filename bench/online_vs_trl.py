@@ -50,13 +50,13 @@ def checks():
     return InstructionChecks(rows(10_000))
 
 
-def alignkit_worker(steps: int, folder: Path) -> list[dict]:
+def alignkit_worker(model: str, steps: int, folder: Path) -> list[dict]:
     from alignkit.train.config import load_config
     from alignkit.train.loop import Trainer
 
     data = folder / "prompts.jsonl"
     data.write_text("".join(json.dumps({"prompt": row["prompt"]}) + "\n" for row in rows(PROMPTS_PER_STEP * steps)))
-    config = load_config(None, [f"data.train={data}", "objective.name=grpo", f"objective.params.beta={BETA}",
+    config = load_config(None, [f"model.name_or_path={model}", f"data.train={data}", "objective.name=grpo", f"objective.params.beta={BETA}",
                                 f"batch_size={PROMPTS_PER_STEP}", f"online.k={K}", f"online.max_new_tokens={MAX_NEW}",
                                 f"optim.lr={LR}", "optim.schedule=constant", f"max_steps={steps}",
                                 f"reward.specs=[verifier:checks={DATA}]", f"output_dir={folder / 'run'}",
@@ -75,15 +75,15 @@ def alignkit_worker(steps: int, folder: Path) -> list[dict]:
     return results
 
 
-def trl_worker(steps: int, folder: Path) -> list[dict]:
+def trl_worker(model: str, steps: int, folder: Path) -> list[dict]:
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from alignkit.models import DEFAULT_MODEL, load
+    from alignkit.models import load
 
-    loaded = load(DEFAULT_MODEL)
+    loaded = load(model)
     reward = checks()
     clock = {"sample": 0.0, "reward": 0.0, "tokens": 0}
 
@@ -128,11 +128,11 @@ def trl_worker(steps: int, folder: Path) -> list[dict]:
     return results
 
 
-def sampler_comparison() -> list[dict]:
-    from alignkit.models import DEFAULT_MODEL, load
+def sampler_comparison(model: str) -> list[dict]:
+    from alignkit.models import load
     from alignkit.models.sampling import sample_sequences
 
-    loaded = load(DEFAULT_MODEL)
+    loaded = load(model)
     results = []
     for prompts in (8, 16):
         chosen = [row["prompt"] for row in rows(prompts)]
@@ -163,22 +163,25 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--worker", choices=("alignkit", "trl", "sampler"))
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="any model alignkit loads (default: "
+                                                                          "the default model)")
     parser.add_argument("--json", help="write every raw number to this file")
     args = parser.parse_args()
     total = args.warmup + args.steps
     if args.worker:
         with tempfile.TemporaryDirectory() as folder:
             if args.worker == "sampler":
-                result = {"sampler": sampler_comparison()}
+                result = {"sampler": sampler_comparison(args.model)}
             else:
                 worker = alignkit_worker if args.worker == "alignkit" else trl_worker
-                result = {"steps": worker(total, Path(folder))}
+                result = {"steps": worker(args.model, total, Path(folder))}
         print(json.dumps({**result, "peak_mb": peak_mb()}))
         return
     raw = {}
     for name in ("trl", "alignkit", "sampler"):
         output = subprocess.run([sys.executable, __file__, "--worker", name, "--warmup", str(args.warmup),
-                                 "--steps", str(args.steps)], capture_output=True, text=True, check=True).stdout
+                                 "--steps", str(args.steps), "--model", args.model], capture_output=True, text=True,
+                                check=True).stdout
         raw[name] = json.loads(output.strip().splitlines()[-1])
     table = [summary(name, raw[name]["steps"], args.warmup, raw[name]["peak_mb"]) for name in ("trl", "alignkit")]
     print("system    step s  sample s  reward s  rest s  sampled tok/s  peak MB")
