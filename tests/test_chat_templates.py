@@ -60,7 +60,7 @@ def plain_model_dir(tmp_path, plain_tokenizer):
 @pytest.fixture()
 def fed(monkeypatch):
     """The texts `draw_samples` encodes for the model (a spy on its `encode_left_padded`)."""
-    import alignkit.decode.sampling as sampling
+    import alignkit.models.sampling as sampling  # the sampler under draw_samples
 
     texts: list[str] = []
     original = sampling.encode_left_padded

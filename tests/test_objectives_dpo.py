@@ -231,7 +231,7 @@ def test_every_registered_objective_declares_exactly_its_signature():
         parameters = list(inspect.signature(objective.fn).parameters)
         declared = [*objective.inputs, *objective.defaults, *(["state"] if objective.state else [])]
         assert sorted(declared) == sorted(parameters), objective.name
-        assert set(objective.inputs) <= set(KNOWN_INPUTS), objective.name
+        assert set(objective.inputs) <= set(KNOWN_INPUTS) | set(objective.prepared), objective.name
 
 
 # ----------------------------------------------------------------------------------------------- TRL parity

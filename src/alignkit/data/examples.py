@@ -44,7 +44,6 @@ FORMAT_FIELDS = {
     "ranked": "prompt, completions (a list, best first)",
     "samples": "prompt, samples (a list), rejected",
     "sft": "prompt, completion, optional scores",
-    "prompts": "prompt (the completions are sampled online from the policy)",
 }
 PAIR_SLOTS = (("chosen", 1), ("rejected", 1))
 COMPLETION_SLOT = (("completion", 1),)

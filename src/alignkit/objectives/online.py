@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
-import torch.nn.functional as F
-
+from alignkit.lazy import lazy
 from alignkit.objectives.registry import Objective, register
+
+torch = lazy("torch")
 
 STD_EPS = 1e-4  # added to a group's reward std before dividing (TRL's GRPO and RLOO)
 WHITEN_EPS = 1e-8  # added to the variance when whitening (OpenRLHF / verl `masked_whiten`)
@@ -204,7 +204,7 @@ def online_dpo(policy_completions_logps: torch.Tensor, ref_completions_logps: to
     ratios = policy_completions_logps - ref_completions_logps
     margin = beta * (ratios.gather(1, chosen) - ratios.gather(1, rejected)).squeeze(1)
     tie = completions_rewards[:, 0] == completions_rewards[:, 1]
-    losses = torch.where(tie, torch.zeros_like(margin), -F.logsigmoid(margin))
+    losses = torch.where(tie, torch.zeros_like(margin), -torch.nn.functional.logsigmoid(margin))
     metrics = group_metrics(completions_rewards, completions_lengths, ratios.detach())
     return losses, {**metrics, "tie": tie.float(), "margin": margin.detach()}
 
