@@ -168,10 +168,8 @@ class OnlineSampler:
             batch["reference_sums"] = sums.reshape(self.k, -1).T.contiguous()
             batch["reference_counts"] = counts.reshape(self.k, -1).T.contiguous()
             batch["reference_tokens"] = tokens
-        if self.old is not None:
-            with torch.no_grad():
-                batch["old_sums"], batch["old_counts"], batch["old_tokens"] = (t.detach().cpu()
-                                                                               for t in self.old(on_device))
+        if self.old is not None:  # like `reference`, it scores without gradients
+            batch["old_sums"], batch["old_counts"], batch["old_tokens"] = (t.detach().cpu() for t in self.old(on_device))
         return batch
 
     def add_prepared(self, batches: list[Batch | None]) -> None:
