@@ -7,7 +7,7 @@ import torch
 from tests.conftest import tiny_llama
 
 from alignkit.data.prompts import render_prompt
-from alignkit.decode.core import decode_new, encode_left_padded
+from alignkit.decode.core import encode_left_padded
 from alignkit.decode.rerank import (
     best_of_n,
     sample_and_rerank,
@@ -18,6 +18,7 @@ from alignkit.decode.rerank import (
     worst_of_n_attack_success,
 )
 from alignkit.decode.sampling import draw_samples
+from alignkit.models.sampling import decode
 from alignkit.models.rewards import CalibratedReward, EmpiricalCDF, TextReward
 
 PROMPTS = [[{"role": "user", "content": "Name a colour."}],
@@ -41,8 +42,9 @@ class Length(TextReward):
 
 
 def direct_samples(model, tokenizer, prompts, n, batch_size, seed):
-    """Plain `transformers` sampling: prompts rendered, sorted by token length, left-padded per batch, one
-    `generate(num_return_sequences=n)` per batch after `torch.manual_seed(seed)`."""
+    """The decoding loop by hand (tested against uncached forwards in test_models_sampling.py): prompts
+    rendered, sorted by token length, left-padded per batch, one `decode(n=n)` per batch after
+    `torch.manual_seed(seed)`."""
     rendered = [render_prompt(tokenizer, p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(tokenizer(rendered[i], add_special_tokens=False)["input_ids"]))
     out = [None] * len(prompts)
@@ -50,10 +52,9 @@ def direct_samples(model, tokenizer, prompts, n, batch_size, seed):
     for start in range(0, len(order), batch_size):
         batch = order[start:start + batch_size]
         encoded = encode_left_padded(tokenizer, [rendered[i] for i in batch], "cpu")
-        with torch.no_grad():
-            new = model.generate(**encoded, do_sample=True, top_k=0, max_new_tokens=T, num_return_sequences=n,
-                                 pad_token_id=tokenizer.pad_token_id)[:, encoded["input_ids"].shape[1]:]
-        texts = decode_new(tokenizer, new)[0]
+        new = decode(model, encoded["input_ids"], encoded["attention_mask"], n=n, max_new_tokens=T,
+                     eos_token_id=tokenizer.eos_token_id).ids
+        texts = [text.strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
         for k, index in enumerate(batch):
             out[index] = texts[k * n:(k + 1) * n]
     return out
@@ -110,16 +111,16 @@ def test_reward_calls_and_forward_passes_closed_form(model, smol_tokenizer):
     assert [c.tokens for c in got] == [T] * len(PROMPTS)
 
 
-def test_unbatched_sampling_is_n_separate_generate_calls(model, smol_tokenizer):
+def test_unbatched_sampling_is_n_separate_decodes(model, smol_tokenizer):
     texts, tokens, passes = draw_samples(model, smol_tokenizer, PROMPTS[:2], n=3, max_new_tokens=T, batch_size=2,
                                          seed=7, batched=False)
     rendered = [render_prompt(smol_tokenizer, p) for p in PROMPTS[:2]]
     order = sorted(range(2), key=lambda i: len(smol_tokenizer(rendered[i], add_special_tokens=False)["input_ids"]))
     encoded = encode_left_padded(smol_tokenizer, [rendered[i] for i in order], "cpu")
     torch.manual_seed(7)
-    runs = [decode_new(smol_tokenizer, model.generate(**encoded, do_sample=True, top_k=0, max_new_tokens=T,
-                                                      pad_token_id=smol_tokenizer.pad_token_id)
-                       [:, encoded["input_ids"].shape[1]:])[0] for _ in range(3)]
+    runs = [[text.strip() for text in smol_tokenizer.batch_decode(
+        decode(model, encoded["input_ids"], encoded["attention_mask"], n=1, max_new_tokens=T,
+               eos_token_id=smol_tokenizer.eos_token_id).ids, skip_special_tokens=True)] for _ in range(3)]
     assert [texts[i] for i in order] == [[run[b] for run in runs] for b in range(2)]
     assert passes == [3 * T, 3 * T] and tokens == [[T] * 3] * 2
 

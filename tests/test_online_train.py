@@ -87,7 +87,7 @@ def test_a_bandit_raises_the_rewarded_tokens_probability_monotonically(tmp_path,
 def test_accumulating_four_micro_batches_equals_one_batch_of_four(tmp_path, word_model_dir, objective):
     data = prompts_file(tmp_path / "prompts.jsonl", n=4)
     common = [f"objective.name={objective}", "max_steps=1", "online.max_new_tokens=3", "online.k=3",
-              "reward.specs=[verifier:regex=w7, verifier:max_words=1]", "optim.lr=0.01"]
+              "reward.specs=[verifier:regex=w1, verifier:max_words=1]", "optim.lr=0.01"]  # w1, w10-w12: a dense reward
     weights, logged = [], []
     for layout in (["batch_size=4", "grad_accum=1"], ["batch_size=1", "grad_accum=4"]):
         out = tmp_path / layout[0]
@@ -107,7 +107,7 @@ def test_kl_is_zero_at_step_zero_and_grows_without_a_penalty(tmp_path, word_mode
     data = prompts_file(tmp_path / "prompts.jsonl", n=2)
     result = train(load_config(None, overrides(word_model_dir, data, tmp_path / "run", "objective.name=rloo",
                                                "batch_size=2", "max_steps=8", "objective.params.beta=0.0",
-                                               "optim.lr=0.01")))
+                                               "optim.lr=0.01", "reward.specs=[verifier:regex=w1]")))
     kl = [json.loads(line)["kl"] for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
     assert kl[0] == 0.0  # the first step's samples are scored by the untrained policy and the reference alike
     assert kl[-1] > 0.01 and kl[-1] > kl[1], kl
