@@ -104,3 +104,27 @@ def tiny_chat_model_dir(tmp_path, smol_tokenizer) -> Path:
     model.save_pretrained(folder)
     smol_tokenizer.save_pretrained(folder)
     return folder
+
+
+WORDS = ["[PAD]", "[BOS]", "[EOS]", "[UNK]", "user:", "assistant:", "say", "a", "word", "please", "now"] + \
+        [f"w{i}" for i in range(13)]
+CHOSEN = "w7"  # test_online_train's bandit: its rewarded token
+
+
+@pytest.fixture()
+def word_model_dir(tmp_path) -> Path:
+    """A tiny random llama over a 24-word vocabulary with a word-level tokenizer and a chat template, so one
+    token has probability ~1/24 and a bandit on it learns in a few steps."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="[PAD]", bos_token="[BOS]",
+                                   eos_token="[EOS]", unk_token="[UNK]")
+    fast.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} {% endfor %}"
+                          "{% if add_generation_prompt %}assistant: {% endif %}")
+    folder = tmp_path / "word-model"
+    tiny_llama(vocab_size=len(WORDS), pad_token_id=0, bos_token_id=1, eos_token_id=2).save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder

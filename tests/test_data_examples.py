@@ -203,3 +203,18 @@ def test_kl_slot_with_one_row_names_the_file(tmp_path):
     path = write(tmp_path / "one.jsonl", [{"prompt": "Q", "completion": "A", "label": True}])
     with pytest.raises(DataError, match=r"^one\.jsonl, line 1: the kl slot needs at least two rows"):
         load_examples(path, "unpaired", with_kl=True)
+
+
+def test_a_preference_rows_label_smoothing_reaches_the_batch(tmp_path, smol_tokenizer):
+    rows = [{"prompt": "Hi", "chosen": " a", "rejected": " b", "label_smoothing": 0.1},
+            {"prompt": "Yo", "chosen": " c", "rejected": " d", "label_smoothing": "0.25"}]
+    examples, _ = tokenize_examples(load_examples(write(tmp_path / "ok.jsonl", rows), "preference"), smol_tokenizer)
+    for batch in (collate_rows(examples, 0), collate_shared_prefix(examples, 0)):
+        assert batch["row_label_smoothing"].tolist() == pytest.approx([0.1, 0.25])
+    plain = [{k: v for k, v in row.items() if k != "label_smoothing"} for row in rows]
+    examples, _ = tokenize_examples(load_examples(write(tmp_path / "plain.jsonl", plain), "preference"), smol_tokenizer)
+    assert "row_label_smoothing" not in collate_rows(examples, 0)
+    with pytest.raises(DataError, match=r"mixed.jsonl, line 2, field 'label_smoothing': missing"):
+        load_examples(write(tmp_path / "mixed.jsonl", [rows[0], plain[1]]), "preference")
+    with pytest.raises(DataError, match=r"bad.jsonl, line 1, field 'label_smoothing'.*\[0, 0.5\)"):
+        load_examples(write(tmp_path / "bad.jsonl", [{**rows[0], "label_smoothing": 0.5}]), "preference")

@@ -156,14 +156,15 @@ def test_registry_declares_dpo():
     objective = get("dpo")
     assert objective.fn is dpo
     assert objective.inputs == ("policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps",
-                                "ref_rejected_logps")
+                                "ref_rejected_logps", "row_label_smoothing")
+    assert objective.optional_inputs == ("row_label_smoothing",)
     assert set(objective.inputs) <= set(KNOWN_INPUTS)
     assert objective.needs_reference is True
     assert objective.logps == "sum" and objective.data_format == "preference"
     assert objective in available()
     # calling through the declaration gives the same losses as calling the function
     args = dict(zip(objective.inputs, (PC, PR, RC, RR)))
-    via_registry, _ = objective.fn(*(args[name] for name in objective.inputs), **objective.defaults)
+    via_registry, _ = objective(args, objective.defaults)
     assert torch.equal(via_registry, dpo(PC, PR, RC, RR)[0])
 
 
@@ -318,3 +319,18 @@ def test_parity_with_trl_dpo_trainer_precomputed_reference(trl_setup, monkeypatc
     diff = abs(losses.mean().item() - trl_loss.item())
     print(f"DPO loss vs TRL DPOTrainer (precomputed ref): max abs diff {diff:.3g}")
     assert diff < 1e-5
+
+
+def test_per_row_label_smoothing_equals_the_scalar_form_when_all_rows_share_it():
+    shared, _ = dpo(PC, PR, RC, RR, beta=BETA, label_smoothing=0.2)
+    per_row, _ = dpo(PC, PR, RC, RR, torch.full_like(PC, 0.2), beta=BETA)
+    assert torch.allclose(per_row, shared, atol=0, rtol=0)
+    # and each row's own ε, by the formula: −(1 − ε) log σ(βΔ) − ε log σ(−βΔ)
+    eps = torch.linspace(0.0, 0.45, PC.numel())
+    losses, _ = dpo(PC, PR, RC, RR, eps, beta=BETA, label_smoothing=0.3)  # the column wins over the parameter
+    delta = ((PC - RC) - (PR - RR)).double()
+    expected = -(1 - eps.double()) * torch.log(torch.sigmoid(BETA * delta)) \
+        - eps.double() * torch.log(torch.sigmoid(-BETA * delta))
+    assert torch.allclose(losses.double(), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        dpo(PC, PR, RC, RR, torch.full_like(PC, 0.5))

@@ -257,3 +257,19 @@ def test_instruction_checks_score_each_prompt_by_its_own_check(tmp_path):
     assert reward(prompts, completions).tolist() == [1.0, 1.0, 0.0, 0.0]
     with pytest.raises(KeyError, match="no instruction check"):
         InstructionChecks(rows)(["unknown prompt"], ["x"])
+
+
+def test_word_count_and_helpful_checks(tmp_path):
+    assert reward_from_spec("verifier:words").score(["p", "p"], ["one two  three", ""]).tolist() == [3.0, 0.0]
+    rows = [{"prompt": "Describe a circus. Answer in at most 8 words.", "check": {"type": "max_words", "n": 8}},
+            {"prompt": "Explain rain.", "check": {"type": "max_words", "n": 20}, "topic": "Why clouds fall"}]
+    path = tmp_path / "checks.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    helpful = reward_from_spec(f"verifier:helpful={path}")
+    prompts = [rows[0]["prompt"]] * 3 + [rows[1]["prompt"]] * 2
+    answers = ["A circus has clowns and tents.",  # passes, on topic (the first sentence: "circus")
+               "A circus has clowns, tents, lions, music and acrobats.",  # on topic, too long: fails its check
+               "Tents and clowns everywhere.",  # short, but off the topic "Describe a circus."
+               "Clouds fall as drops of water.",  # on the row's own topic
+               "Rain is water."]  # passes max_words but shares no stem with "Why clouds fall"
+    assert helpful.score(prompts, answers).tolist() == [1.0, 0.0, 0.0, 1.0, 0.0]

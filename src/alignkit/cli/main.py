@@ -3,6 +3,7 @@
     alignkit train --config recipes/dpo_smollm2.yaml objective.params.beta=0.2 max_steps=50
     alignkit evaluate --model smollm2-135m-instruct --model runs/demo/final
     alignkit objectives
+    alignkit loop --config recipes/loops/rsf_dpa_smollm2.yaml
     alignkit sample --model smollm2-135m-instruct --data prompts.jsonl --k 4 --out samples.jsonl
     alignkit score --models A B --data sft.jsonl --out scored.jsonl
     alignkit data reward-augment --data prefs.jsonl --out goals.jsonl
@@ -23,6 +24,7 @@ from alignkit.cli.dataset_verbs import add_dataset_verbs
 from alignkit.cli.eval_verb import add_eval_verb
 from alignkit.cli.export_verb import add_export_verb
 from alignkit.cli.generate_verb import add_generate_verb
+from alignkit.cli.loop_verb import add_loop_verb
 from alignkit.cli.recipes_verb import add_recipes_verb
 from alignkit.cli.report_verb import add_report_verb
 
@@ -84,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_verb(verbs)
     add_export_verb(verbs)
     add_recipes_verb(verbs)
+    add_loop_verb(verbs)
     return parser
 
 

@@ -55,6 +55,9 @@ def _example_fields(examples: Sequence[Grouped]) -> dict[str, torch.Tensor]:
     scores = [tuple(getattr(example, "scores", ())) for example in examples]
     if scores[0]:
         fields["scores"] = torch.tensor(scores, dtype=torch.float32)
+    smoothing = [getattr(example, "label_smoothing", None) for example in examples]
+    if all(value is not None for value in smoothing):
+        fields["row_label_smoothing"] = torch.tensor(smoothing, dtype=torch.float32)
     return fields
 
 

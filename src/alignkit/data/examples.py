@@ -7,7 +7,8 @@ An objective declares one format (see `alignkit.objectives.registry.FORMATS`); i
   implicit: ``chosen`` and ``rejected`` alone, sharing a leading text or leading messages, which are
   split off as TRL's ``extract_prompt`` does (a shared trailing space is left to the completions).
   Where TRL would return an empty or nonsensical split (nothing shared, one completion a prefix of the
-  other) the row is an error instead;
+  other) the row is an error instead. An optional ``label_smoothing`` (a number in [0, 0.5)) is the row's
+  own ε for objectives that take one (`dpo`: SPA's confidence-based smoothing); all rows or none;
 * ``joint``: ``prompt_chosen``, ``chosen``, ``prompt_rejected``, ``rejected`` — the two answers may
   answer different prompts (JPO); rows with one ``prompt`` are the conditional special case;
 * ``unpaired``: ``prompt``, ``completion``, ``label`` (true = desirable; TRL's unpaired format) and
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from alignkit.data.errors import DataError, raise_if_any
 from alignkit.data.prompts import Content
@@ -36,7 +37,7 @@ from alignkit.data.rows import (KIND_NAMES, RowProblem, check_completion, common
                                 same_kind)
 
 FORMAT_FIELDS = {
-    "preference": "prompt, chosen, rejected",
+    "preference": "prompt, chosen, rejected, optional label_smoothing",
     "joint": "prompt_chosen, chosen, prompt_rejected, rejected (or one prompt)",
     "unpaired": "prompt, completion, label true/false, optional scores",
     "negative": "prompt, rejected",
@@ -71,6 +72,7 @@ class Example:
     where: str
     label: float | None = None
     scores: tuple[float, ...] = ()
+    label_smoothing: float | None = None  # a preference row's own label smoothing ε (SPA's confidence)
 
     @classmethod
     def pair(cls, prompt: Content, chosen: Content, rejected: Content, where: str = "row") -> Example:
@@ -148,6 +150,10 @@ def _check_rectangular(examples: list[Example]) -> None:
         if example.slots != first.slots:
             raise DataError(f"{example.where}: completions per slot {dict(example.slots)} differ from "
                             f"{first.where}'s {dict(first.slots)}; every row needs the same number")
+        if (example.label_smoothing is None) != (first.label_smoothing is None):
+            raise DataError(f"{example.where}, field 'label_smoothing': "
+                            f"{'missing' if example.label_smoothing is None else 'given'}, but {first.where} "
+                            f"{'has one' if example.label_smoothing is None else 'has none'}; all rows or none")
         if len(example.scores) != len(first.scores):
             raise DataError(f"{example.where}, field 'scores': {len(example.scores)} values, but {first.where} "
                             f"has {len(first.scores)}; every row needs the same number")
@@ -195,7 +201,7 @@ def _read_preference(record: Record) -> Example:
         prompt, chosen, rejected = _split_text(data["chosen"], data["rejected"])
     check_completion(chosen, "chosen")
     check_completion(rejected, "rejected")
-    return Example.pair(prompt, chosen, rejected, record.where)
+    return replace(Example.pair(prompt, chosen, rejected, record.where), label_smoothing=_label_smoothing(data))
 
 
 def _check_diverges(chosen: Content, rejected: Content, shared: int) -> None:
@@ -248,6 +254,16 @@ def _scores(data: dict) -> tuple[float, ...]:
     if not values:
         raise RowProblem("scores", "empty list")
     return tuple(number(value, f"scores[{i}]") for i, value in enumerate(values, start=1))
+
+
+def _label_smoothing(data: dict) -> float | None:
+    """The optional `label_smoothing` field of a preference row: a number in [0, 0.5)."""
+    if data.get("label_smoothing") is None:
+        return None
+    value = number(data["label_smoothing"], "label_smoothing")
+    if not 0 <= value < 0.5:
+        raise RowProblem("label_smoothing", f"must be in [0, 0.5), got {value}")
+    return value
 
 
 def _read_joint(record: Record) -> Example:

@@ -136,6 +136,12 @@ def prompt_ids(tokenizer: Any, prompt: Prompt) -> list[int]:
     return list(tokenizer(text, add_special_tokens=isinstance(prompt, str))["input_ids"])
 
 
+def as_messages(prompt: Prompt) -> list[dict]:
+    """A prompt as a message list: a string becomes one user message (as decoding renders it), so that rows
+    built from samples train on the text the samples were drawn from (training renders strings raw)."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
 def as_completion(prompt: Prompt, text: str) -> Content:
     """Generated `text` in the prompt's format: a string for a string prompt, one assistant message otherwise."""
     return text if isinstance(prompt, str) else [{"role": "assistant", "content": text}]

@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from alignkit.data.examples import PAIR_SLOTS, Example, Slots, slot_values
@@ -67,6 +67,7 @@ class TokenizedExample:
     where: str
     label: float | None = None
     scores: tuple[float, ...] = ()
+    label_smoothing: float | None = None
 
     @classmethod
     def pair(cls, prompt_ids: Ids, chosen_ids: Ids, rejected_ids: Ids, index: int = 0,
@@ -118,7 +119,8 @@ def tokenize_examples(
         raise ValueError("the data is conversational (message lists) but the tokenizer has no chat template; "
                          "use a tokenizer with a chat template or provide plain-text prompts and completions")
     token_groups = collect(examples, lambda example: _tokenize_groups(example, tokenizer))
-    tokenized = [TokenizedExample(groups, example.slots, index, example.where, example.label, example.scores)
+    tokenized = [TokenizedExample(groups, example.slots, index, example.where, example.label, example.scores,
+                                  example.label_smoothing)
                  for index, (example, groups) in enumerate(zip(examples, token_groups))]
     kept, prompts_cut, completions_cut, dropped = [], 0, 0, 0
     for example in tokenized:
@@ -128,8 +130,7 @@ def tokenize_examples(
             continue
         prompts_cut += any(len(f[0]) < len(g[0]) for f, g in zip(fitted, example.groups))
         completions_cut += any(tuple(map(len, f[1])) != tuple(map(len, g[1])) for f, g in zip(fitted, example.groups))
-        kept.append(TokenizedExample(tuple(fitted), example.slots, example.index, example.where, example.label,
-                                     example.scores))
+        kept.append(replace(example, groups=tuple(fitted)))
     report = TruncationReport(prompts_cut, completions_cut, dropped, len(examples))
     if report.changed:
         logger.warning("over-long examples (%s): %s", truncation.overlong, report.summary())

@@ -20,10 +20,12 @@ def preference_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Ten
     }
 
 
-def logistic_loss(logits: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+def logistic_loss(logits: torch.Tensor, label_smoothing: float | torch.Tensor = 0.0) -> torch.Tensor:
     """The label-smoothed logistic loss −(1 − ε) log σ(z) − ε log σ(−z) per element (ε = label_smoothing in
-    [0, 0.5); ε = 0 is −log σ(z)), shared by DPO (cDPO's smoothing), SimPO, JPO and GenARM's ARM."""
-    if not 0.0 <= label_smoothing < 0.5:
+    [0, 0.5), a number or one per element; ε = 0 is −log σ(z)), shared by DPO (cDPO's smoothing), SimPO, JPO
+    and GenARM's ARM."""
+    epsilon = torch.as_tensor(label_smoothing)
+    if bool(((epsilon < 0) | (epsilon >= 0.5)).any()):
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
     return -(1.0 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
 
@@ -33,6 +35,7 @@ def dpo(
     policy_rejected_logps: torch.Tensor,
     ref_chosen_logps: torch.Tensor,
     ref_rejected_logps: torch.Tensor,
+    row_label_smoothing: torch.Tensor | None = None,
     *,
     beta: float = 0.1,
     label_smoothing: float = 0.0,
@@ -45,13 +48,16 @@ def dpo(
 
     ε = 0 is the DPO paper's Eq. 7 (TRL 1.16 `loss_type="sigmoid"`, which ignores label_smoothing);
     ε > 0 is conservative DPO (cDPO, Mitchell 2023) as in the authors' code
-    (eric-mitchell/direct-preference-optimization, trainers.py `preference_loss`). Implicit rewards are
-    β · (log π − log π_ref). At π = π_ref the loss is ln 2 for every ε.
+    (eric-mitchell/direct-preference-optimization, trainers.py `preference_loss`). Rows that carry their own
+    `label_smoothing` field (`row_label_smoothing`, [B]) use it as ε instead of the parameter: SPA's
+    confidence-based smoothing of self-labelled pairs (Kim et al., arXiv 2406.04412; see docs/loops.md).
+    Implicit rewards are β · (log π − log π_ref). At π = π_ref the loss is ln 2 for every ε.
     """
     chosen_rewards = beta * (policy_chosen_logps - ref_chosen_logps)
     rejected_rewards = beta * (policy_rejected_logps - ref_rejected_logps)
-    return logistic_loss(chosen_rewards - rejected_rewards, label_smoothing), preference_metrics(chosen_rewards,
-                                                                                                rejected_rewards)
+    epsilon = label_smoothing if row_label_smoothing is None else row_label_smoothing
+    return logistic_loss(chosen_rewards - rejected_rewards, epsilon), preference_metrics(chosen_rewards,
+                                                                                         rejected_rewards)
 
 
 register(

@@ -62,7 +62,7 @@ FORMATS: dict[str, tuple[tuple[str, str], ...]] = {
     "sft": (("completion", "one"),),  # prompt, completion, optional scores
     "prompts": (("completions", "list"),),  # prompt only: k completions sampled online from the policy
 }
-FIELDS = ("labels", "scores", "max_new_tokens")
+FIELDS = ("labels", "scores", "max_new_tokens", "row_label_smoothing")
 
 
 def _slot_names(slot: str) -> tuple[str, ...]:
@@ -121,6 +121,12 @@ class Objective:
                      if name in KNOWN_INPUTS or name in self.prepared)
 
     @cached_property
+    def optional_inputs(self) -> tuple[str, ...]:
+        """Inputs `fn` gives a default (e.g. `row_label_smoothing=None`): passed only where the data has them."""
+        return tuple(name for name, p in inspect.signature(self.fn).parameters.items()
+                     if name in KNOWN_INPUTS and p.default is not inspect.Parameter.empty)
+
+    @cached_property
     def prepare_inputs(self) -> tuple[str, ...]:
         """The quantities `prepare` takes (its other parameters are the objective's)."""
         if self.prepare is None:
@@ -160,10 +166,10 @@ class Objective:
 
     def __call__(self, values: dict[str, torch.Tensor], params: dict[str, Any]) -> ObjectiveResult:
         """`fn` on the inputs it takes, picked from `values` by name, and `params`."""
-        missing = [name for name in self.inputs if name not in values]
+        missing = [name for name in self.inputs if name not in values and name not in self.optional_inputs]
         if missing:
             raise DataError(f"objective '{self.name}' needs {missing}, which this data does not provide")
-        return self.fn(**{name: values[name] for name in self.inputs}, **params)
+        return self.fn(**{name: values[name] for name in self.inputs if name in values}, **params)
 
 
 _REGISTRY: dict[str, Objective] = {}

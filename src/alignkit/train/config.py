@@ -92,7 +92,7 @@ def _reason(err: Exception) -> str:
 
 # ------------------------------------------------------------------ reading the recipe and the overrides
 
-def _read_recipe(path: str | Path) -> DictConfig:
+def read_recipe(path: str | Path) -> DictConfig:
     """The recipe file as a mapping; a missing or unreadable file, invalid YAML or a top level that is not a
     mapping is a ConfigError naming the file (and the line, for invalid YAML)."""
     try:
@@ -155,7 +155,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     sources = Sources(override_keys=keys)
     if path is not None:
         path = resolve_recipe(path)  # a file, or the name of a recipe shipped with alignkit
-        recipe = _read_recipe(path)
+        recipe = read_recipe(path)
         sources = Sources(str(path), OmegaConf.to_container(recipe, resolve=False), keys)
         merged = _merge(merged, recipe, f"from {path}", str(path))
     for item in overrides:

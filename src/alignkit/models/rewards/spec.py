@@ -28,6 +28,9 @@ spec                               reward
                                    everything after the first "=", so it may hold ":", "=" and ",")
 `verifier:checks=FILE`             `InstructionChecks`: 1 iff the completion passes its prompt's `check` in
                                    FILE (rows {prompt, check}, e.g. the demo's held-out set)
+`verifier:helpful=FILE`            `HelpfulChecks`: 1 iff it passes its check and is substantive (on the
+                                   row's topic, or the prompt's first sentence)
+`verifier:words`                   `WordCount()`: the number of words (a count, e.g. DPA's verbosity)
 =================================  ==========================================================================
 
 Every reward comes wrapped in `CachedReward` (a repeated (prompt, completion) pair is scored once). A bad
@@ -39,13 +42,14 @@ from __future__ import annotations
 import json
 
 from alignkit.models.rewards.base import CachedReward, Reward
-from alignkit.models.rewards.verifiers import (ForbiddenWords, InstructionChecks, JsonSchema, JsonValid, MaxChars,
-                                               MaxWords, MinWords, Refusal, RegexMatch, RequiredWords)
+from alignkit.models.rewards.verifiers import (ForbiddenWords, HelpfulChecks, InstructionChecks, JsonSchema, JsonValid,
+                                               MaxChars, MaxWords, MinWords, Refusal, RegexMatch, RequiredWords,
+                                               WordCount)
 
 KINDS = ("classifier:PATH", "judge:MODEL", "verifier:NAME[=VALUE]", "aspects:MODEL[,rationale=N]",
          "safety:MODEL[,rationale=N]")
 VERIFIERS = ("max_words=N", "min_words=N", "max_chars=N", "required_words=a,b", "forbidden_words=a,b", "json",
-             "json_schema=FILE", "refusal", "regex=PATTERN", "checks=FILE")
+             "json_schema=FILE", "refusal", "regex=PATTERN", "checks=FILE", "helpful=FILE", "words")
 
 
 def reward_from_spec(spec: str, *, batch_size: int = 8, device: str | None = None,
@@ -128,10 +132,13 @@ def verifier_from_spec(argument: str) -> Reward:
         return JsonSchema(schema)
     if name == "refusal":
         return Refusal()
-    if name == "checks":
+    if name == "words":
+        return WordCount()
+    if name in ("checks", "helpful"):
         from alignkit.data import load_records
 
-        return InstructionChecks(record.data for record in load_records(value))
+        rows = (record.data for record in load_records(value))
+        return InstructionChecks(rows) if name == "checks" else HelpfulChecks(rows)
     import re
 
     try:

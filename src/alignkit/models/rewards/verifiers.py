@@ -17,7 +17,7 @@ from typing import Any
 from alignkit.data.prompts import Content, content_key, prompt_text, text_of
 from alignkit.lazy import lazy
 from alignkit.models.rewards.base import Reward, TextReward, check_lengths
-from alignkit.models.verifiers import check, max_words, refusal, word_pattern, words
+from alignkit.models.verifiers import check, max_words, refusal, substantive, word_pattern, words
 
 torch = lazy("torch")
 
@@ -30,6 +30,13 @@ class MaxWords(TextReward):
 
     def check(self, text: str) -> float:
         return float(max_words(text, self.n))
+
+
+class WordCount(TextReward):
+    """The completion's number of words (a count, not 0/1: e.g. DPA's verbosity attribute)."""
+
+    def check(self, text: str) -> float:
+        return float(len(words(text)))
 
 
 class MinWords(TextReward):
@@ -282,3 +289,25 @@ class InstructionChecks(Reward):
                 raise KeyError(f"no instruction check for prompt {prompt_text(prompt)[:80]!r}")
             values.append(float(check(self.checks[key], text_of(completion))))
         return torch.tensor(values, dtype=torch.float32)
+
+
+class HelpfulChecks(InstructionChecks):
+    """1.0 iff the completion passes its prompt's check and is substantive (`models.verifiers.substantive`:
+    on the row's `topic`, or the prompt's first sentence where the row names none, and not looping)."""
+
+    def __init__(self, rows: Iterable[Mapping[str, Any]], field: str = "check"):
+        rows = list(rows)
+        super().__init__(rows, field)
+        self.topics = {content_key(row["prompt"]): row.get("topic") or first_sentence(prompt_text(row["prompt"]))
+                       for row in rows}
+
+    def score(self, prompts: Sequence[Content], completions: Sequence[Content]) -> torch.Tensor:
+        passed = super().score(prompts, completions)
+        on_topic = [float(substantive(text_of(c), self.topics[content_key(p)])) for p, c in zip(prompts, completions)]
+        return passed * torch.tensor(on_topic, dtype=torch.float32)
+
+
+def first_sentence(text: str) -> str:
+    """Text up to and including the first '.', '?' or '!' (all of it if none)."""
+    match = re.search(r"[.?!]", text)
+    return text[:match.end()] if match else text

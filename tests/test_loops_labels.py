@@ -1,0 +1,65 @@
+"""The presets' labelling rules against hand computations: RSF's argmax vᵀr, SPA's implicit-reward labels and
+confidences, CycleAlign's agreement, Spearman's ρ of the directions evaluation."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from alignkit.loops.evaluate import spearman
+from alignkit.loops.labels import agreement, dpa_angles, implicit_judgment, ranking, rsf_pick
+
+
+def test_rsf_keeps_exactly_the_argmax_of_the_direction_times_the_rewards():
+    # (helpfulness, verbosity) of four samples
+    rewards = [[90.0, 10.0], [60.0, 70.0], [20.0, 95.0], [80.0, 40.0]]
+    # v = (1, 0): helpfulness alone → sample 0; v = (0, 1) → sample 2
+    assert rsf_pick(rewards, [1, 0]) == 0 and rsf_pick(rewards, [0, 1]) == 2
+    # v ∝ (71, 71): sums 100, 130, 115, 120 → sample 1; v = (87, 50) (θ = 30°): 83.3, 87.2, 64.9, 89.6 → sample 3
+    assert rsf_pick(rewards, [71, 71]) == 1
+    assert rsf_pick(rewards, [87, 50]) == 3
+    assert rsf_pick([[1.0, 1.0], [1.0, 1.0]], [3, 4]) == 0  # a tie goes to the first sample
+    with pytest.raises(ValueError):
+        rsf_pick(rewards, [0, 0])
+
+
+def test_dpa_angles_are_uniform_in_the_range_and_seeded():
+    angles = dpa_angles(1000, -45.0, 45.0, random.Random(0))
+    assert min(angles) >= -45 and max(angles) <= 45 and abs(sum(angles) / 1000) < 3
+    assert angles[:5] == dpa_angles(5, -45.0, 45.0, random.Random(0))
+
+
+def test_spa_labels_and_confidences_equal_the_implicit_reward_by_hand():
+    # log-ratios: first 2.0 − (−1.0) = 3.0 ... written out: (−10 − (−12)) − (−20 − (−19)) = 2 − (−1) = 3
+    judged = implicit_judgment(-10.0, -12.0, -20.0, -19.0, beta=0.1)
+    p = 1 / (1 + math.exp(-0.3))  # σ(0.1 · 3)
+    assert judged.p == pytest.approx(p, abs=1e-12) and judged.first_chosen
+    assert judged.confidence == pytest.approx(p) and judged.smoothing == pytest.approx(1 - p)
+    flipped = implicit_judgment(-20.0, -19.0, -10.0, -12.0, beta=0.1)
+    assert flipped.p == pytest.approx(1 - p) and not flipped.first_chosen and flipped.confidence == pytest.approx(p)
+    tie = implicit_judgment(-5.0, -5.0, -7.0, -7.0, beta=0.5)
+    assert tie.p == 0.5 and tie.confidence == 0.5
+    huge = implicit_judgment(0.0, -1e4, 0.0, 0.0, beta=1.0)  # no overflow at extreme margins
+    assert huge.p == 1.0 and implicit_judgment(0.0, 0.0, 0.0, -1e4, beta=1.0).p == 0.0
+
+
+def test_cycleAlign_agreement_is_the_longest_common_subsequence_of_the_rankings():
+    assert ranking([0.2, 0.9, 0.5, 0.9]) == [1, 3, 2, 0]  # ties: the earlier index first
+    assert agreement([0, 1, 2, 3], [0, 1, 2, 3]) == [0, 1, 2, 3]
+    assert agreement([0, 1, 2, 3], [3, 2, 1, 0]) == [0]  # reversed: any single item; the first in `first`
+    # [2, 0, 1, 3] vs [0, 2, 1, 3]: common orderings of length 3 are (2, 1, 3) and (0, 1, 3)
+    assert agreement([2, 0, 1, 3], [0, 2, 1, 3]) in ([2, 1, 3], [0, 1, 3])
+    assert agreement([1, 0, 3, 2, 4], [0, 1, 2, 3, 4]) in ([1, 3, 4], [1, 2, 4], [0, 3, 4], [0, 2, 4])
+    assert len(agreement([1, 0, 3, 2, 4], [0, 1, 2, 3, 4])) == 3
+    with pytest.raises(ValueError):
+        agreement([0, 1], [0, 2])
+
+
+def test_spearman_by_hand():
+    assert spearman([0, 1, 2, 3, 4], [1.0, 2.0, 5.0, 9.0, 20.0]) == pytest.approx(1.0)
+    assert spearman([0, 1, 2], [3.0, 2.0, 1.0]) == pytest.approx(-1.0)
+    # ranks of y = [1, 3, 2]: d = (0, -1, 1), ρ = 1 − 6·2 / (3·8) = 0.5
+    assert spearman([10, 20, 30], [5.0, 9.0, 7.0]) == pytest.approx(0.5)
+    assert math.isnan(spearman([1, 2, 3], [4.0, 4.0, 4.0]))
