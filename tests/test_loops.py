@@ -52,10 +52,10 @@ def test_rounds_write_data_with_provenance_that_plain_train_reads(tmp_path, word
         assert provenance["model"] == (str(word_model_dir) if round_ == 1 else str(out / "round-1/train/final"))
         assert provenance["sampling"]["k"] == 3 and provenance["rows"] == len(SENTENCES)
         rows = [json.loads(line) for line in (out / f"round-{round_}" / "data.jsonl").read_text().splitlines()]
-        for row in rows:  # the kept sample is the argmax of vᵀr over its attributes
-            weights, values = row["direction"], row["attributes"]
-            assert row["prompt"][0]["role"] == "system" and str(weights[0]) in row["prompt"][0]["content"]
-            assert set(values) == {"helpfulness", "verbosity"}
+        for row in rows:  # the direction is in the system prompt; the kept answer's attributes are its own
+            weights, values, text = row["direction"], row["attributes"], row["completion"][0]["content"]
+            assert row["prompt"][0]["role"] == "system" and f"helpfulness*{weights[0]}" in row["prompt"][0]["content"]
+            assert values == {"helpfulness": 100.0 * ("w1" in text), "verbosity": 10.0 * len(text.split())}
     assert result.final_model == out / "round-2" / "train" / "final"
     # a round's data trains as it is, with plain `alignkit train`
     again = train(load_config("sft_smollm2", [f"model.name_or_path={word_model_dir}", "max_steps=1", "batch_size=2",

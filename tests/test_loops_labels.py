@@ -63,3 +63,37 @@ def test_spearman_by_hand():
     # ranks of y = [1, 3, 2]: d = (0, -1, 1), ρ = 1 − 6·2 / (3·8) = 0.5
     assert spearman([10, 20, 30], [5.0, 9.0, 7.0]) == pytest.approx(0.5)
     assert math.isnan(spearman([1, 2, 3], [4.0, 4.0, 4.0]))
+
+
+class StubContext:
+    """What spa_rows reads of a RoundContext; `sample` returns canned pairs."""
+
+    def __init__(self, pairs):
+        from alignkit.data import Record
+
+        self.records = [Record({"prompt": f"q{i}"}, f"p.jsonl, line {i + 1}") for i in range(len(pairs))]
+        self.pairs, self.reference, self.model = pairs, "reference-model", "policy-model"
+        self.params = {"beta": 0.5, "min_confidence": 0.5, "smoothing": "confidence"}
+
+    def sample(self, prompts, k=None, **_):
+        assert k == 2 and [p[0]["content"] for p in prompts] == [r.data["prompt"] for r in self.records]
+        return self.pairs
+
+
+def test_spa_rows_label_each_pair_by_the_implicit_reward(monkeypatch):
+    from alignkit.loops import presets
+
+    # summed log-probs: policy and reference, per completion in sampling order
+    policy = {"a": -10.0, "b": -12.0, "c": -5.0, "d": -4.0, "e": -3.0, "f": -3.0}
+    reference = {"a": -11.0, "b": -11.0, "c": -6.0, "d": -6.0, "e": -3.0, "f": -3.0}
+    monkeypatch.setattr(presets, "_mean_and_sum", lambda loaded, prompts, texts: (
+        None, [(policy if loaded == "policy-model" else reference)[t] for t in texts]))
+    monkeypatch.setattr("alignkit.models.loading.ensure_loaded", lambda name: name)
+    context = StubContext([["a", "b"], ["c", "d"], ["e", "f"], ["same", "same"]])
+    rows = presets.spa_rows(context)
+    # pair 1: Δ = (1) − (−1) = 2 → p = σ(1), a chosen; pair 2: Δ = 1 − 2 = −1 → p = σ(−0.5), d chosen;
+    # pair 3: Δ = 0 → a tie, dropped; pair 4: identical samples, dropped
+    assert [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows] == [("a", "b"), ("d", "c")]
+    sigma = [1 / (1 + math.exp(-1.0)), 1 / (1 + math.exp(-0.5))]
+    assert [r["confidence"] for r in rows] == pytest.approx(sigma)
+    assert [r["label_smoothing"] for r in rows] == pytest.approx([1 - c for c in sigma])

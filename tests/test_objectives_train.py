@@ -83,7 +83,8 @@ def expected_first_step(objective, model, examples) -> tuple[float, dict[str, fl
     if examples[0].scores:
         values["scores"] = torch.tensor([e.scores for e in examples], dtype=torch.float64)
     state = {"state": objective.state()} if objective.state else {}
-    losses, metrics = objective.fn(**{name: values[name] for name in objective.inputs}, **objective.defaults, **state)
+    losses, metrics = objective.fn(**{name: values[name] for name in objective.inputs if name in values},
+                                   **objective.defaults, **state)  # optional inputs the rows lack are left out
     return losses.mean().item(), {key: value.double().mean().item() for key, value in metrics.items()}
 
 

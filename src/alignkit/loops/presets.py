@@ -23,11 +23,11 @@ from alignkit.data.transforms import condition_prompt, direction_text, direction
 from alignkit.loops import isheep, long_output
 from alignkit.loops.labels import agreement, dpa_angles, implicit_judgment, ranking, rsf_pick
 from alignkit.loops.rounds import Preset, RoundContext
-from alignkit.models.likelihood import completion_likelihoods
-from alignkit.models.loading import ensure_loaded
 from alignkit.models.rewards.spec import reward_from_spec
 from alignkit.models.verifiers import read_questions
-from alignkit.pipelines.honesty import check_settings, honesty_rows
+
+# models.likelihood, models.loading and pipelines.honesty import torch: imported where used, so that
+# `alignkit loop --list` stays light (tests/test_cli.py)
 
 
 def _prompts(context: RoundContext) -> list[list[dict]]:
@@ -36,6 +36,8 @@ def _prompts(context: RoundContext) -> list[list[dict]]:
 
 
 def _mean_and_sum(loaded, prompts: list, completions: list) -> tuple[list[float], list[float]]:
+    from alignkit.models.likelihood import completion_likelihoods
+
     examples = [Example.single(p, as_completion(p, c)) for p, c in zip(prompts, completions)]
     return completion_likelihoods(loaded.model, loaded.tokenizer, examples, batch_size=8)
 
@@ -44,8 +46,8 @@ def _mean_and_sum(loaded, prompts: list, completions: list) -> tuple[list[float]
 
 def rsf_dpa_rows(context: RoundContext) -> list[dict]:
     """Per prompt: θ ~ U[angle_low, angle_high], v = round(100·(cos θ, sin θ)) in DPA's system prompt, K
-    samples, each scored on every attribute (reward spec × scale), the argmax of vᵀr kept as an SFT row on
-    the conditioned prompt."""
+    samples, each scored on every attribute (reward spec × scale, on the prompt without the direction), the
+    argmax of vᵀr kept as an SFT row on the conditioned prompt."""
     params = context.params
     names = list(params["attributes"])
     rewards = [reward_from_spec(params["attributes"][name]["reward"]) for name in names]
@@ -53,12 +55,14 @@ def rsf_dpa_rows(context: RoundContext) -> list[dict]:
     rng = random.Random(context.seed)
     angles = dpa_angles(len(context.records), params["angle_low"], params["angle_high"], rng)
     weights = [direction_weights(angle) for angle in angles]
-    prompts = [condition_prompt(p, direction_text(w, names)) for p, w in zip(_prompts(context), weights)]
+    originals = _prompts(context)
+    prompts = [condition_prompt(p, direction_text(w, names)) for p, w in zip(originals, weights)]
     samples = context.sample(prompts)
     rows = []
-    for record, prompt, w, angle, texts in zip(context.records, prompts, weights, angles, samples):
+    for record, original, prompt, w, angle, texts in zip(context.records, originals, prompts, weights, angles, samples):
         completions = [as_completion(prompt, text) for text in texts]
-        scores = [[scale * float(value) for value in reward.score([prompt] * len(texts), completions)]
+        # the attributes rate the answer to the user's prompt; the direction is not part of the task
+        scores = [[scale * float(value) for value in reward.score([original] * len(texts), completions)]
                   for reward, scale in zip(rewards, scales)]
         per_sample = [list(values) for values in zip(*scores)]
         best = rsf_pick(per_sample, w)
@@ -101,6 +105,8 @@ def spa_rows(context: RoundContext) -> list[dict]:
     flat_prompts = [p for p, _ in pairs for _ in range(2)]
     flat = [text for _, texts in pairs for text in texts]
     _, policy = _mean_and_sum(context.model, flat_prompts, flat)
+    from alignkit.models.loading import ensure_loaded
+
     _, reference = _mean_and_sum(ensure_loaded(context.reference), flat_prompts, flat)
     rows = []
     for i, (prompt, (first, second)) in enumerate(pairs):
@@ -165,6 +171,8 @@ def _check_cyclealign(params: Mapping[str, Any]) -> None:
 
 def honesty_loop_rows(context: RoundContext) -> list[dict]:
     """`alignkit data honesty`'s rows (`method`, m samples, τ) from the current model's own answers."""
+    from alignkit.pipelines.honesty import honesty_rows
+
     params = context.params
     rows, _ = honesty_rows(read_questions(context.records), context.model, method=params["method"], m=params["m"],
                            tau=params["tau"], max_new_tokens=params["max_new_tokens"], seed=context.seed)
@@ -172,6 +180,8 @@ def honesty_loop_rows(context: RoundContext) -> list[dict]:
 
 
 def _check_honesty(params: Mapping[str, Any]) -> None:
+    from alignkit.pipelines.honesty import check_settings
+
     check_settings(params["method"], m=params["m"], tau=params["tau"])
 
 

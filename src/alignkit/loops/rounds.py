@@ -12,12 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alignkit.data import Record
 from alignkit.data.prompts import Prompt
 from alignkit.decode.sampling import draw_samples
-from alignkit.models.loading import Loaded
+
+if TYPE_CHECKING:
+    from alignkit.models.loading import Loaded
 
 
 @dataclass(frozen=True)
