@@ -123,8 +123,7 @@ def _render(tokenizer: Any, prompt: Prompt, template: bool | str) -> str:
         return prompt if isinstance(prompt, str) else prompt_text(prompt)
     if template is True and not getattr(tokenizer, "chat_template", None):
         raise ValueError(missing_template_message(tokenizer))
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+    return tokenizer.apply_chat_template(as_messages(prompt), tokenize=False, add_generation_prompt=True,
                                          chat_template=None if template is True else template)
 
 

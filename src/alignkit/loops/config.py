@@ -44,18 +44,6 @@ class EvalPart:
 
 
 @dataclass
-class SamplePart:
-    k: int = 4
-    max_new_tokens: int = 96
-    temperature: float = 1.0
-    top_p: float = 1.0
-    batch_size: int = 8
-
-    def settings(self) -> Sampling:
-        return Sampling(**asdict(self))
-
-
-@dataclass
 class LoopConfig:
     preset: str = ""
     model: str = "smollm2-135m-instruct"
@@ -64,7 +52,7 @@ class LoopConfig:
     rounds: int = 1
     output_dir: str = ""
     seed: int = 0
-    sample: SamplePart = field(default_factory=SamplePart)
+    sample: Sampling = field(default_factory=Sampling)
     train: TrainPart = field(default_factory=TrainPart)
     eval: EvalPart = field(default_factory=EvalPart)
     params: dict[str, Any] = field(default_factory=dict)

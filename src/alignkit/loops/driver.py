@@ -78,7 +78,7 @@ def _label(config: LoopConfig, preset: Preset, params: dict, round_: int, model:
     if round_ == 0:
         rows = preset.seed_rows(params)
     else:
-        context = RoundContext(round_, ensure_loaded(model), reference, records, params, config.sample.settings(),
+        context = RoundContext(round_, ensure_loaded(model), reference, records, params, config.sample,
                                config.seed * 1000 + round_, folder)
         rows = preset.label(context)
         del context

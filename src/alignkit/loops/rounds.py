@@ -22,9 +22,9 @@ if TYPE_CHECKING:
     from alignkit.models.loading import Loaded
 
 
-@dataclass(frozen=True)
+@dataclass
 class Sampling:
-    """How a round samples from the current model (`loop.sample` in a loop config)."""
+    """How a round samples from the current model (`sample` in a loop config)."""
 
     k: int = 4  # samples per prompt
     max_new_tokens: int = 96
