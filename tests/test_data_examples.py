@@ -130,6 +130,8 @@ def row_of(data_format, prompt, good, bad):
         "ranked": {"prompt": prompt, "completions": [good, bad]},
         "samples": {"prompt": prompt, "samples": [good, bad], "rejected": bad},
         "sft": {"prompt": prompt, "completion": good},
+        "context": {"prompt": prompt, "context": "Passage one.", "distractor_context": "Passage two.", "chosen": good,
+                    "rejected": bad},
     }[data_format]
 
 

@@ -379,3 +379,40 @@ def test_unreadable_lines_and_bad_rows_merge_in_line_order(tmp_path):
         "line 3", "line 9", "line 10", "line 11", "line 12"]
     assert "line 10: invalid UTF-8" in caught.value.problems[2]
     assert "line 12: expected a JSON object" in caught.value.problems[4]
+
+
+# ------------------------------------------------------------------ the context format (Re-Align's rDPO)
+
+CONTEXT_ROW = {"prompt": "Who wrote it?", "context": "The memo was written by Ada.",
+               "distractor_context": "The memo was printed on Monday.", "chosen": "Ada.", "rejected": "Bob."}
+
+
+def test_context_rows_pair_the_answers_under_the_context_and_chosen_again_under_the_distractor(tmp_path):
+    chat = dict(CONTEXT_ROW, prompt=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who?"}],
+                chosen=[{"role": "assistant", "content": "Ada."}], rejected=[{"role": "assistant", "content": "Bob."}])
+    (text, messages) = load_examples(write_jsonl(tmp_path / "ctx.jsonl", [CONTEXT_ROW, CONTEXT_ROW]), "context")[:1] + \
+        load_examples(write_jsonl(tmp_path / "chat.jsonl", [chat]), "context")
+    assert text.groups == (("The memo was written by Ada.\n\nWho wrote it?", ("Ada.", "Bob.")),
+                           ("The memo was printed on Monday.\n\nWho wrote it?", ("Ada.",)))
+    assert (text.slot("chosen"), text.slot("rejected"), text.slot("distractor")) == (("Ada.",), ("Bob.",), ("Ada.",))
+    (right, _), (distractor, (again,)) = messages.groups
+    assert right[0] == {"role": "system", "content": "Be brief."}
+    assert right[1]["content"] == "The memo was written by Ada.\n\nWho?"
+    assert distractor[1]["content"] == "The memo was printed on Monday.\n\nWho?" and again == chat["chosen"]
+    assert chat["prompt"][1]["content"] == "Who?"  # the row itself is not modified
+
+
+@pytest.mark.parametrize("bad,field,reason", [
+    ({k: v for k, v in CONTEXT_ROW.items() if k != "distractor_context"}, "distractor_context", "missing"),
+    (dict(CONTEXT_ROW, context="  "), "context", "non-blank string"),
+    (dict(CONTEXT_ROW, context=["a"]), "context", "non-blank string"),
+    (dict(CONTEXT_ROW, distractor_context=CONTEXT_ROW["context"]), "distractor_context", "identical to 'context'"),
+    (dict(CONTEXT_ROW, rejected="Ada."), "rejected", "identical to 'chosen'"),
+    (dict(CONTEXT_ROW, prompt=[{"role": "system", "content": "x"}], chosen=MESSAGES,
+          rejected=[{"role": "assistant", "content": "y"}]), "prompt", "needs a user message"),
+])
+def test_bad_context_row_names_file_line_and_field(tmp_path, bad, field, reason):
+    path = write_jsonl(tmp_path / "ctx.jsonl", [CONTEXT_ROW, bad])
+    with pytest.raises(DataError) as caught:
+        load_examples(path, "context")
+    assert str(caught.value).startswith(f"ctx.jsonl, line 2, field '{field}': ") and reason in str(caught.value)

@@ -83,6 +83,8 @@ def valid_rows(draw, data_format: str, kind: str, width: int, text: st.SearchStr
         "ranked": lambda: {"prompt": prompt, "completions": draw(some)},
         "samples": lambda: {"prompt": prompt, "samples": draw(some), "rejected": draw(completions)},
         "sft": lambda: {"prompt": prompt, "completion": draw(completions)},
+        "context": lambda: {"prompt": prompt, "context": draw(text), "distractor_context": draw(text),
+                            "chosen": draw(completions), "rejected": draw(completions)},
     }
     return fields[data_format]()
 

@@ -334,3 +334,61 @@ def test_per_row_label_smoothing_equals_the_scalar_form_when_all_rows_share_it()
     assert torch.allclose(losses.double(), expected, atol=1e-6)
     with pytest.raises(ValueError, match="label_smoothing"):
         dpo(PC, PR, RC, RR, torch.full_like(PC, 0.5))
+
+
+# ------------------------------------------------------------------------- rDPO (Re-Align's context contrast)
+
+def test_rdpo_equals_its_closed_form():
+    """loss = −log σ(βΔ_response) − w log σ(β β_c Δ_context) [− log σ(β r_w)], written out in math."""
+    from alignkit.objectives.dpo import rdpo
+
+    pc, pr, pd = [1.5, -2.0, 0.3], [-1.0, 0.5, 0.0], [0.2, -3.0, 1.1]
+    rc, rr, rd = [0.5, -1.0, 0.1], [-0.5, 1.0, 0.2], [0.0, -1.0, 0.4]
+    beta, context_beta, weight = 0.4, 1.5, 0.7
+    for anchor in (False, True):
+        losses, metrics = rdpo(*(torch.tensor(v, dtype=torch.float64) for v in (pc, pr, pd, rc, rr, rd)),
+                               beta=beta, context_beta=context_beta, context_weight=weight, anchor=anchor)
+        for i in range(3):
+            chosen, rejected, distractor = beta * (pc[i] - rc[i]), beta * (pr[i] - rr[i]), beta * (pd[i] - rd[i])
+            expected = (math.log1p(math.exp(-(chosen - rejected)))
+                        + weight * math.log1p(math.exp(-context_beta * (chosen - distractor)))
+                        + (math.log1p(math.exp(-chosen)) if anchor else 0.0))
+            assert losses[i].item() == pytest.approx(expected, abs=1e-12)
+            assert metrics["rewards/context_margins"][i].item() == pytest.approx(chosen - distractor, abs=1e-12)
+            assert metrics["rewards/context_accuracies"][i].item() == float(chosen > distractor)
+
+
+def test_rdpo_at_the_reference_is_two_ln_2_and_its_gradient_raises_the_right_context():
+    from alignkit.objectives.dpo import rdpo
+
+    logps = [torch.tensor([-3.0, -7.0], requires_grad=True) for _ in range(3)]
+    losses, _ = rdpo(*logps, *(p.detach().clone() for p in logps), beta=0.1)
+    assert losses.tolist() == pytest.approx([2 * math.log(2)] * 2, abs=1e-6)
+    anchored, _ = rdpo(*logps, *(p.detach().clone() for p in logps), anchor=True)
+    assert anchored.tolist() == pytest.approx([3 * math.log(2)] * 2, abs=1e-6)
+    losses.sum().backward()
+    chosen, rejected, distractor = (p.grad for p in logps)
+    # at the reference σ(0) = ½: d/d chosen = −β/2 (response) − β/2 (context); d/d distractor = +β/2
+    assert chosen.tolist() == pytest.approx([-0.1, -0.1]) and distractor.tolist() == pytest.approx([0.05, 0.05])
+    assert rejected.tolist() == pytest.approx([0.05, 0.05])
+
+
+def test_rdpo_first_term_matches_trl_dpo_trainer(trl_setup, monkeypatch):
+    """With the context term weighted 0, rDPO is TRL's sigmoid DPO on identical log-probs; with weight 1 it adds
+    exactly the context term."""
+    from alignkit.objectives.dpo import rdpo
+
+    trainer, policy, reference, inputs = trl_setup
+    monkeypatch.setattr(trainer, "precompute_ref_logps", True)
+    _, _, (ref_chosen, ref_rejected) = alignkit_loss(policy, reference, inputs, TRL_BETA)
+    with torch.no_grad():
+        trl_loss = trainer._compute_loss(policy, dict(inputs, ref_chosen_logps=ref_chosen,
+                                                      ref_rejected_logps=ref_rejected), return_outputs=False)
+        chosen, rejected = pair_logps(CompletionScorer(policy), inputs)
+    distractor, ref_distractor = chosen.sum - 2.0, ref_chosen + 1.0
+    args = (chosen.sum, rejected.sum, distractor, ref_chosen, ref_rejected, ref_distractor)
+    first, _ = rdpo(*args, beta=TRL_BETA, context_weight=0.0)
+    assert abs(first.mean().item() - trl_loss.item()) < 1e-5
+    both, _ = rdpo(*args, beta=TRL_BETA)
+    context = -torch.nn.functional.logsigmoid(TRL_BETA * ((chosen.sum - ref_chosen) - (distractor - ref_distractor)))
+    assert torch.allclose(both - first, context, atol=1e-6)

@@ -39,6 +39,8 @@ def rows_for(data_format: str) -> list[dict]:
             "ranked": {"prompt": prompt, "completions": [good, _say("Maybe" + "?" * i), bad]},
             "samples": {"prompt": prompt, "samples": [good, _say(f"It is {i}.")], "rejected": bad},
             "sft": {"prompt": prompt, "completion": good, "scores": [-2.0 - i]},
+            "context": {"prompt": prompt, "context": f"Note: {i} is a number.", "distractor_context": "Cats purr.",
+                        "chosen": good, "rejected": bad},
         }[data_format])
     return rows
 

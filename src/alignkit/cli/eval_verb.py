@@ -12,6 +12,7 @@ import shlex
 
 from alignkit.cli.common import RAW
 from alignkit.cli.compliance_verb import add_compliance_eval
+from alignkit.cli.context_verb import add_context_eval
 from alignkit.cli.generate_verb import add_chat_template_options, chat_template_choice
 from alignkit.cli.honesty_verbs import add_honesty_eval
 
@@ -43,7 +44,7 @@ examples:
 def add_eval_verb(verbs: argparse._SubParsersAction) -> None:
     """Add `eval` and its sub-evaluations to the `alignkit` subcommands."""
     evaluation = verbs.add_parser("eval", help="win rate, rewards and KL of policies against a reference; "
-                                               "eval honesty, eval compliance-gap",
+                                               "eval honesty, eval compliance-gap, eval context",
                                   description="Compare one or more policies with a reference model on a prompt "
                                               "set; or run one of the evaluations below.",
                                   epilog=EVAL_EPILOG, formatter_class=RAW)
@@ -73,6 +74,7 @@ def add_eval_verb(verbs: argparse._SubParsersAction) -> None:
     evals = evaluation.add_subparsers(dest="subverb", required=False, metavar="EVALUATION")
     add_honesty_eval(evals)
     add_compliance_eval(evals)
+    add_context_eval(evals)
 
 
 def _evaluate_policies(args: argparse.Namespace) -> int:

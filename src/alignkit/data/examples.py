@@ -17,7 +17,11 @@ An objective declares one format (see `alignkit.objectives.registry.FORMATS`); i
 * ``list``: ``prompt``, ``chosen`` (one completion or a list), ``rejected`` (a list of M);
 * ``ranked``: ``prompt``, ``completions`` (a list, best first);
 * ``samples``: ``prompt``, ``rejected``, ``samples`` (K completions, e.g. from `alignkit sample`);
-* ``sft``: ``prompt``, ``completion`` and optionally ``scores`` (a number or a list of numbers).
+* ``sft``: ``prompt``, ``completion`` and optionally ``scores`` (a number or a list of numbers);
+* ``context``: ``prompt``, ``context``, ``distractor_context``, ``chosen``, ``rejected`` — a preference pair
+  answered with the context passage before the prompt, plus the ``distractor`` slot: the same ``chosen``
+  answer with the distractor passage instead (Re-Align's context-contrast preference; the passage is placed
+  by `alignkit.data.prompts.with_context`).
 
 Every list slot must have the same length in every row of a dataset (so a batch is rectangular), and the
 rows of one source must all be standard (strings) or all conversational (message lists).
@@ -30,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from alignkit.data.errors import DataError, raise_if_any
-from alignkit.data.prompts import Content
+from alignkit.data.prompts import Content, with_context
 from alignkit.data.records import Reading, Record, Source, read_records
 from alignkit.data.rows import (KIND_NAMES, RowProblem, check_completion, common_prefix_length,
                                 completion_field, completions_field, kind, label_field, number, prompt_field, required,
@@ -45,9 +49,11 @@ FORMAT_FIELDS = {
     "ranked": "prompt, completions (a list, best first)",
     "samples": "prompt, samples (a list), rejected",
     "sft": "prompt, completion, optional scores",
+    "context": "prompt, context, distractor_context, chosen, rejected",
 }
 PAIR_SLOTS = (("chosen", 1), ("rejected", 1))
 COMPLETION_SLOT = (("completion", 1),)
+CONTEXT_SLOTS = (("chosen", 1), ("rejected", 1), ("distractor", 1))
 ROW_KINDS = {False: ("standard", "strings"), True: ("conversational", "message lists")}  # by Example.conversational
 Slots = tuple[tuple[str, int], ...]
 
@@ -325,6 +331,30 @@ def _read_sft(record: Record) -> Example:
                    scores=_scores(data))
 
 
+def _read_context(record: Record) -> Example:
+    """A pair under the right context, and the chosen answer again under the distractor context."""
+    data = record.data
+    prompt = prompt_field(data)
+    contexts = [_passage(data, field) for field in ("context", "distractor_context")]
+    if contexts[0] == contexts[1]:
+        raise RowProblem("distractor_context", "identical to 'context'; the contrast needs two passages")
+    chosen, rejected = completion_field(data, "chosen", prompt), completion_field(data, "rejected", prompt)
+    if chosen == rejected:
+        raise RowProblem("rejected", "identical to 'chosen'")
+    try:
+        right, distractor = (with_context(prompt, context) for context in contexts)
+    except ValueError as error:
+        raise RowProblem("prompt", str(error)) from None
+    return Example(((right, (chosen, rejected)), (distractor, (chosen,))), CONTEXT_SLOTS, record.where)
+
+
+def _passage(data: dict, field: str) -> str:
+    value = required(data, field)
+    if not isinstance(value, str) or not value.strip():
+        raise RowProblem(field, "must be a non-blank string (a passage)")
+    return value
+
+
 READERS = {"preference": _read_preference, "joint": _read_joint, "unpaired": _read_unpaired,
            "negative": _read_negative, "list": _read_list, "ranked": _read_ranked, "samples": _read_samples,
-           "sft": _read_sft}
+           "sft": _read_sft, "context": _read_context}

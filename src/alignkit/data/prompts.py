@@ -141,6 +141,19 @@ def as_messages(prompt: Prompt) -> list[dict]:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 
 
+def with_context(prompt: Prompt, context: str) -> Prompt:
+    """The prompt with a context passage before it: "{context}\n\n{prompt}" for a string prompt; for a message
+    list, the same text in place of its last user message's content (the question the context informs)."""
+    if isinstance(prompt, str):
+        return f"{context}\n\n{prompt}"
+    messages = [dict(message) for message in prompt]
+    last_user = max((i for i, message in enumerate(messages) if message.get("role") == "user"), default=None)
+    if last_user is None:
+        raise ValueError("a conversational prompt needs a user message to put the context in")
+    messages[last_user]["content"] = f"{context}\n\n{messages[last_user]['content']}"
+    return messages
+
+
 def as_completion(prompt: Prompt, text: str) -> Content:
     """Generated `text` in the prompt's format: a string for a string prompt, one assistant message otherwise."""
     return text if isinstance(prompt, str) else [{"role": "assistant", "content": text}]

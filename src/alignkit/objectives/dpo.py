@@ -68,3 +68,55 @@ register(
         source="Rafailov et al. 2023 (arXiv 2305.18290) Eq. 7; eric-mitchell/direct-preference-optimization trainers.py",
     )
 )
+
+
+def rdpo(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    policy_distractor_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    ref_distractor_logps: torch.Tensor,
+    *,
+    beta: float = 0.1,
+    context_beta: float = 1.0,
+    context_weight: float = 1.0,
+    anchor: bool = False,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Re-Align's rDPO in text form: DPO on the response plus the preference for the same chosen answer
+    under the right context over a distractor context (Xing et al. 2025, "Re-Align: Aligning Vision
+    Language Models via Retrieval-Augmented Direct Preference Optimization", arXiv 2502.13146; the authors'
+    taco-group/Re-Align `rDPOtrainer.py` `dpo_loss`, where the distractor is a retrieved image).
+
+    With r(y | c) = log π(y | c) − log π_ref(y | c), the right context c and the distractor c̃:
+
+        Δ_response = r(y_w | c) − r(y_l | c),    Δ_context = r(y_w | c) − r(y_w | c̃)
+        loss = −log σ(β Δ_response) − w · log σ(β β_c Δ_context)  [− log σ(β r(y_w | c)) with `anchor`]
+
+    The defaults are the authors' scripts' (β = 0.1, β_c = `context_beta` = 1, w = `context_weight` = 1);
+    `anchor` adds their `only_anchor` term, which keeps the chosen answer's likelihood from falling. The
+    first term is `dpo` exactly. At π = π_ref the loss is 2 ln 2 (3 ln 2 with `anchor`).
+    """
+    chosen_rewards = beta * (policy_chosen_logps - ref_chosen_logps)
+    rejected_rewards = beta * (policy_rejected_logps - ref_rejected_logps)
+    distractor_rewards = beta * (policy_distractor_logps - ref_distractor_logps)
+    losses = logistic_loss(chosen_rewards - rejected_rewards)
+    losses = losses + context_weight * logistic_loss(context_beta * (chosen_rewards - distractor_rewards))
+    if anchor:
+        losses = losses + logistic_loss(chosen_rewards)
+    metrics = preference_metrics(chosen_rewards, rejected_rewards)
+    metrics["rewards/distractor"] = distractor_rewards.detach()
+    metrics["rewards/context_margins"] = (chosen_rewards - distractor_rewards).detach()
+    metrics["rewards/context_accuracies"] = (chosen_rewards > distractor_rewards).detach().float()
+    return losses, metrics
+
+
+register(
+    Objective(
+        name="rdpo",
+        fn=rdpo,
+        description="Re-Align rDPO: DPO plus the same answer preferred under the right context over a distractor",
+        source="Xing et al. 2025 (arXiv 2502.13146) rDPO; taco-group/Re-Align rDPOtrainer.py dpo_loss",
+        data_format="context",
+    )
+)

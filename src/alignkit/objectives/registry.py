@@ -48,7 +48,8 @@ torch = lazy("torch")
 ObjectiveResult = "tuple[torch.Tensor, dict[str, torch.Tensor]]"  # per-example losses [B], per-example metrics
 ObjectiveFn = Callable[..., ObjectiveResult]
 
-DataFormat = Literal["preference", "joint", "unpaired", "negative", "list", "ranked", "samples", "sft", "prompts"]
+DataFormat = Literal["preference", "joint", "unpaired", "negative", "list", "ranked", "samples", "sft", "prompts",
+                     "context"]
 
 # Completion slots of each data format: (name, "one" | "list").
 FORMATS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -61,6 +62,7 @@ FORMATS: dict[str, tuple[tuple[str, str], ...]] = {
     "samples": (("samples", "list"), ("rejected", "one")),  # prompt, K self-generated samples, rejected
     "sft": (("completion", "one"),),  # prompt, completion, optional scores
     "prompts": (("completions", "list"),),  # prompt only: k completions sampled online from the policy
+    "context": (("chosen", "one"), ("rejected", "one"), ("distractor", "one")),  # chosen again, distractor context
 }
 FIELDS = ("labels", "scores", "max_new_tokens", "row_label_smoothing")
 
