@@ -95,7 +95,8 @@ def test_help_lists_verbs(capsys):
 
 @pytest.mark.parametrize("verb", [["objectives"], ["recipes"], ["train", "--print-config"], ["--version"],
                                   ["generate", "--list"], ["generate", "--help"],
-                                  ["loop", "--list"], ["loop", "--help"]])
+                                  ["loop", "--list"], ["loop", "--help"], ["represent", "--help"],
+                                  ["represent", "force-align", "--help"]])
 def test_listing_verbs_do_not_import_torch_or_transformers(verb):
     """What makes them answer in a fraction of a second: no torch (about 1 s to import), no transformers models."""
     import subprocess

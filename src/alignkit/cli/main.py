@@ -8,6 +8,7 @@
     alignkit score --models A B --data sft.jsonl --out scored.jsonl
     alignkit data reward-augment --data prefs.jsonl --out goals.jsonl
     alignkit generate --method best_of_n --model smollm2-135m-instruct --reward verifier:max_words=30 --prompts p.txt --out o.jsonl
+    alignkit represent align --source glove --target smollm2-135m-instruct --out words.json
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from alignkit.cli.generate_verb import add_generate_verb
 from alignkit.cli.loop_verb import add_loop_verb
 from alignkit.cli.recipes_verb import add_recipes_verb
 from alignkit.cli.report_verb import add_report_verb
+from alignkit.cli.represent_verb import add_represent_verb
 
 TRAIN_EPILOG = """\
 overrides are dotted keys of the recipe, for example:
@@ -87,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_verb(verbs)
     add_recipes_verb(verbs)
     add_loop_verb(verbs)
+    add_represent_verb(verbs)
     return parser
 
 
@@ -193,13 +196,14 @@ def _reported(args: argparse.Namespace, err: Exception) -> int | None:
     on a NaN or inf, its last checkpoint intact; 2: bad arguments, data, config or model); None for anything
     else (a bug: the traceback is shown). The error classes are imported here, not at start-up."""
     from alignkit.models.loading import ModelLoadError
+    from alignkit.represent.packages import MissingExtra
     from alignkit.train.guard import NonFiniteError
 
     verb = " ".join(filter(None, (args.verb, getattr(args, "subverb", None))))
     if isinstance(err, NonFiniteError):
         print(f"alignkit {verb}: stopped: {err}", file=sys.stderr)
         return 3
-    if isinstance(err, (ValueError, KeyError, ModelLoadError, FileNotFoundError, FileExistsError)):
+    if isinstance(err, (ValueError, KeyError, ModelLoadError, MissingExtra, FileNotFoundError, FileExistsError)):
         # DataError, ConfigError and OutputPathError are among these
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"alignkit {verb}: error: {message}", file=sys.stderr)
