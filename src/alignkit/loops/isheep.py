@@ -42,6 +42,7 @@ Where this differs from the official code:
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 import string
@@ -54,6 +55,7 @@ from alignkit.data import load_records
 if TYPE_CHECKING:
     from alignkit.loops.rounds import RoundContext
 
+LOG = logging.getLogger(__name__)
 BLACKLIST = ("image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps", "draw",
              "plot", "go to", "video", "audio", "music", "flowchart", "diagram")  # generate_instruction.py
 SHIPPED_SEEDS = ("general", "cooking")
@@ -291,12 +293,15 @@ def _self_instruct(context: RoundContext, p: Mapping[str, Any], seeds: list[dict
     replies = context.sample(prompts, k=1, temperature=p["temperature"],
                              max_new_tokens=p["instruction_max_new_tokens"], chat_template=p["chat_template"])
     rules = {"min_words": p["min_words"], "max_words": p["max_words"], "blacklist": p["blacklist"]}
+    parsed = [pair for reply in replies for pair in parse_generated(reply[0], shown, p["stop"])]
     inputs: dict[str, str] = {}
-    for reply in replies:
-        for instruction, given in parse_generated(reply[0], shown, p["stop"]):
-            if passes_rules(instruction, given, **rules):
-                inputs.setdefault(instruction, given)
+    for instruction, given in parsed:
+        if passes_rules(instruction, given, **rules):
+            inputs.setdefault(instruction, given)
     fresh = dedupe(inputs, [seed["instruction"] for seed in seeds], p["rouge_threshold"], **rules)
+    LOG.info("self-instruct: %d replies gave %d instructions; %d distinct pass the rules; %d are new "
+             "(ROUGE-L <= %s), for example: %s", len(replies), len(parsed), len(inputs), len(fresh),
+             p["rouge_threshold"], "; ".join(repr(text) for text in fresh[:3]))
     return [{"instruction": text, "input": inputs[text]} for text in fresh[:p["instructions"]]]
 
 
@@ -332,9 +337,13 @@ def isheep_rows(context: RoundContext) -> list[dict]:
     rows = [{**t, "output": re.sub(_ANSWER_PREFIX, "", reply[0])} for t, reply in zip(tasks, replies)]
     if p["rule_filter"]:
         rows = [row for row in rows if not ill_formed(row["instruction"], row["input"], row["output"])]
+    well_formed = len(rows)
     rows = _assess(context, p, _assess(context, p, rows, "quality"), "following")
     scored = [{**row, "scores": [row["quality"], row["following"]]} for row in rows]
-    return [{"prompt": f"{r['instruction']}\n{r['input']}" if r["input"] else r["instruction"],
+    kept = [{"prompt": f"{r['instruction']}\n{r['input']}" if r["input"] else r["instruction"],
              "completion": r["output"].strip(), "scores": r["scores"], "source": "isheep",
              "instruction": r["instruction"], "input": r["input"], "round": context.round}
             for r in keep(scored, p["score_threshold"]) if r["output"].strip()]
+    LOG.info("answers: %d of %d well-formed, %d scored twice, %d kept (both scores > %s)",
+             well_formed, len(tasks), len(scored), len(kept), p["score_threshold"])
+    return kept
