@@ -337,13 +337,13 @@ def isheep_rows(context: RoundContext) -> list[dict]:
     rows = [{**t, "output": re.sub(_ANSWER_PREFIX, "", reply[0])} for t, reply in zip(tasks, replies)]
     if p["rule_filter"]:
         rows = [row for row in rows if not ill_formed(row["instruction"], row["input"], row["output"])]
-    well_formed = len(rows)
+    kept_by_rules = len(rows)
     rows = _assess(context, p, _assess(context, p, rows, "quality"), "following")
     scored = [{**row, "scores": [row["quality"], row["following"]]} for row in rows]
     kept = [{"prompt": f"{r['instruction']}\n{r['input']}" if r["input"] else r["instruction"],
              "completion": r["output"].strip(), "scores": r["scores"], "source": "isheep",
              "instruction": r["instruction"], "input": r["input"], "round": context.round}
             for r in keep(scored, p["score_threshold"]) if r["output"].strip()]
-    LOG.info("answers: %d of %d well-formed, %d scored twice, %d kept (both scores > %s)",
-             well_formed, len(tasks), len(scored), len(kept), p["score_threshold"])
+    LOG.info("answers: %d of %d past the rule filter, %d scored twice, %d kept (both scores > %s)",
+             kept_by_rules, len(tasks), len(scored), len(kept), p["score_threshold"])
     return kept
