@@ -62,6 +62,21 @@ def write_pairs(path: Path, n: int = 8) -> Path:
     return path
 
 
+TMP_BUDGET_BYTES = 3 * 2**30  # the largest test (a real-model run: checkpoint + final/) writes ~2.1 GB
+
+
+@pytest.fixture(autouse=True)
+def tmp_disk_budget(tmp_path_factory):
+    """After each test (and after its tmp_path is removed), fail if the run's temporary folders hold more than
+    TMP_BUDGET_BYTES: a suite that piles up files fills a small CI disk long before its last test."""
+    yield
+    base = tmp_path_factory.getbasetemp()
+    held = sum(f.stat().st_size for f in base.rglob("*") if f.is_file() and not f.is_symlink())
+    assert held <= TMP_BUDGET_BYTES, (f"{base} holds {held / 2**30:.1f} GiB after this test (budget "
+                                      f"{TMP_BUDGET_BYTES / 2**30:.0f} GiB): delete what a test writes, or "
+                                      "keep tmp_path_retention_policy = 'failed' in pyproject.toml")
+
+
 @pytest.fixture()
 def one_thread():
     """One intra-op thread for the test (restored after): many tiny forwards run much faster without thread
