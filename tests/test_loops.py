@@ -128,3 +128,11 @@ def test_every_preset_has_a_shipped_loop_config():
 
     shipped = {load_loop_config(path).preset for path in Path("recipes/loops").glob("*.yaml")}
     assert shipped == set(PRESETS)
+
+
+def test_loop_help_names_every_preset():
+    from alignkit.cli.loop_verb import EPILOG
+    from alignkit.loops.presets import PRESETS
+
+    listed = EPILOG.split("preset:", 1)[1].split("(alignkit loop --list", 1)[0]
+    assert {name.strip() for name in listed.split("|")} == set(PRESETS)

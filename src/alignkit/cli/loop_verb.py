@@ -6,7 +6,8 @@ import argparse
 
 EPILOG = """\
 a loop config (YAML; key=value arguments override it):
-  preset: rsf_dpa | spa | cyclealign | honesty | isheep | long_output   (alignkit loop --list)
+  preset: rsf_dpa | spa | cyclealign | honesty | isheep | self_specialization | long_output
+                                   (alignkit loop --list: each with its parameters and source)
   model: smollm2-135m-instruct     the model of round 1
   data: builtin:demo/train.jsonl   the prompt rows each round labels (questions for honesty)
   rounds: 2                        limit: N (first N rows)   seed: 0
