@@ -1,13 +1,14 @@
-"""Write the long-output prompt set: everyday writing tasks that each ask for about N words.
+"""Write the long-output prompt sets: everyday writing tasks that each ask for about N words.
 
-    python scripts/make_long_output_prompts.py                 # the shipped file
-    python scripts/make_long_output_prompts.py --out /tmp/p.jsonl
+    python scripts/make_long_output_prompts.py                 # the shipped prompts.jsonl and heldout.jsonl
+    python scripts/make_long_output_prompts.py --out /tmp/long_output
 
 Every row is `{"prompt": "<task>. Answer in about N words."}` with N cycling through 20, 30, 40, 60, 80 (short,
 for a small model sampling about 128 new tokens), one row per task, so each N has eight tasks. Five more rows
 state two lengths or none ("a 50-word note" states none under the official "(\\d+) words" pattern), for the
-stage 1 of the long-output curation (`alignkit.loops.long_output`) to drop. No randomness: the same script
-writes the same file byte for byte.
+stage 1 of the long-output curation (`alignkit.loops.long_output`) to drop. `heldout.jsonl` holds 20 other
+tasks in the same form (no row to drop), for the loop's `length` evaluation. No randomness: the same script
+writes the same files byte for byte.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 from pathlib import Path
 
 LENGTHS = (20, 30, 40, 60, 80)
-OUT = Path(__file__).resolve().parent.parent / "src" / "alignkit" / "data" / "long_output" / "prompts.jsonl"
+OUT = Path(__file__).resolve().parent.parent / "src" / "alignkit" / "data" / "long_output"
 
 TASKS = (
     "Write a thank-you note to a neighbour who watered your plants",
@@ -62,6 +63,29 @@ TASKS = (
     "Give advice on packing light for a short trip",
 )
 
+HELDOUT_TASKS = (
+    "Write a note welcoming a new neighbour to the street",
+    "Describe a walk along a river in the early morning",
+    "Explain how to water a vegetable garden in summer",
+    "Write a short review of a bakery that opened nearby",
+    "Give advice to someone moving to a new city",
+    "Describe the kitchen of a grandparent's house",
+    "Write a message asking a friend to help you move house",
+    "Explain how to fold a shirt neatly",
+    "Tell a story about a kite that flies away on a windy day",
+    "Write a postcard from a mountain village in winter",
+    "Describe a quiet library on a weekday afternoon",
+    "Explain why drinking water during the day matters",
+    "Write a thank-you note to a doctor who helped your family",
+    "Describe a beach at the end of summer",
+    "Give tips for studying for an exam at home",
+    "Write a welcome message for a new sports club member",
+    "Explain how to wash dishes without wasting water",
+    "Describe a thunderstorm seen from a kitchen window",
+    "Write a note asking a neighbour to keep their music down",
+    "Tell a story about a dog who waits at the bus stop",
+)
+
 # Rows stage 1 must drop: two lengths, or none it recognises.
 DROPPED = (
     "Write a title of 10 words and then a summary of 60 words about a day at the beach.",
@@ -72,18 +96,25 @@ DROPPED = (
 )
 
 
-def rows() -> list[dict]:
-    """The prompt rows: every task with its length (N cycling through LENGTHS), then the rows to drop."""
-    asked = [{"prompt": f"{task}. Answer in about {LENGTHS[i % len(LENGTHS)]} words."} for i, task in enumerate(TASKS)]
-    return asked + [{"prompt": prompt} for prompt in DROPPED]
+def asked(tasks: tuple[str, ...]) -> list[dict]:
+    """Every task with its length, N cycling through LENGTHS."""
+    return [{"prompt": f"{task}. Answer in about {LENGTHS[i % len(LENGTHS)]} words."} for i, task in enumerate(tasks)]
+
+
+def files() -> dict[str, list[dict]]:
+    """File name -> rows: the training prompts (the tasks, then the rows to drop) and the held-out prompts."""
+    return {"prompts.jsonl": asked(TASKS) + [{"prompt": prompt} for prompt in DROPPED],
+            "heldout.jsonl": asked(HELDOUT_TASKS)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=OUT, help="the JSONL file to write (default: the shipped one)")
+    parser.add_argument("--out", type=Path, default=OUT, help="the folder to write (default: the shipped one)")
     out = parser.parse_args().out
-    out.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows()), encoding="utf-8")
-    print(f"wrote {len(rows())} rows to {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, rows in files().items():
+        (out / name).write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+        print(f"wrote {len(rows)} rows to {out / name}")
 
 
 if __name__ == "__main__":

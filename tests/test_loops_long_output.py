@@ -201,8 +201,8 @@ def test_defaults_are_the_papers():
 
 # ---- the shipped prompt set.
 
-def shipped_rows() -> list[dict]:
-    path = importlib.resources.files("alignkit").joinpath("data", "long_output", "prompts.jsonl")
+def shipped_rows(name: str = "prompts.jsonl") -> list[dict]:
+    path = importlib.resources.files("alignkit").joinpath("data", "long_output", name)
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
@@ -226,8 +226,38 @@ def test_shipped_prompts_are_what_the_script_writes(tmp_path, monkeypatch, capsy
                                                   ROOT / "scripts" / "make_long_output_prompts.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    out = tmp_path / "prompts.jsonl"
-    monkeypatch.setattr("sys.argv", ["make_long_output_prompts.py", "--out", str(out)])
+    monkeypatch.setattr("sys.argv", ["make_long_output_prompts.py", "--out", str(tmp_path)])
     script.main()
-    shipped = importlib.resources.files("alignkit").joinpath("data", "long_output", "prompts.jsonl")
-    assert out.read_bytes() == shipped.read_bytes()
+    for name in ("prompts.jsonl", "heldout.jsonl"):
+        shipped = importlib.resources.files("alignkit").joinpath("data", "long_output", name)
+        assert (tmp_path / name).read_bytes() == shipped.read_bytes()
+
+
+def test_heldout_prompts_state_one_length_each_and_share_no_task_with_training():
+    heldout, training = shipped_rows("heldout.jsonl"), shipped_rows()
+    assert len(heldout) == 20 and all(required_length(r["prompt"]) in (20, 30, 40, 60, 80) for r in heldout)
+    task = lambda prompt: prompt.split(". Answer in about ")[0]  # noqa: E731
+    assert not {task(r["prompt"]) for r in heldout} & {task(r["prompt"]) for r in training}
+
+
+def test_the_length_evaluation_scores_each_greedy_answer_by_s_l(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from alignkit.loops import evaluate
+    from alignkit.loops.config import EvalPart, LoopConfig
+
+    answers = {"Greet us. Answer in about 10 words.": "one two three four five",        # y/x = 1/2: S_l 50
+               "Leave. Answer in about 4 words.": "a b c d e f g h",                    # y/x = 2: S_l 66.7
+               "Count. Answer in about 5 words.": "one, two, three, 4 and five."}  # y = x: S_l 100
+    data = tmp_path / "heldout.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in [*answers, "No length is stated here."]))
+    monkeypatch.setattr(evaluate, "ensure_loaded", lambda model: SimpleNamespace(model=None, tokenizer=None))
+    monkeypatch.setattr(evaluate, "draw_samples", lambda model, tokenizer, prompts, **_: (
+        [[answers[prompt]] for prompt in prompts], None, None))
+    config = LoopConfig(preset="long_output", eval=EvalPart(data=str(data)))  # kind: the preset's, "length"
+    result = evaluate.evaluate_round(config, "some-model", tmp_path / "eval.json")
+    assert result["kind"] == "length"
+    assert result["mean_length_score"] == pytest.approx((50 + 200 / 3 + 100) / 3)
+    assert result["length_score_at_least_threshold"] == [1, 3]
+    assert result["mean_produced_over_required"] == pytest.approx((0.5 + 2 + 1) / 3)
+    assert json.loads((tmp_path / "eval.json").read_text()) == result

@@ -13,7 +13,7 @@ a loop config (YAML; key=value arguments override it):
   rounds: 2                        limit: N (first N rows)   seed: 0
   sample: {k: 4, max_new_tokens: 96, temperature: 1.0, top_p: 1.0, batch_size: 8}
   train: {recipe: sft_smollm2, overrides: [max_steps=20]}  (default recipe: the preset's)
-  eval: {kind: checks | honesty | directions | none, data: FILE, limit: N}
+  eval: {kind: checks | honesty | directions | length | none, data: FILE, limit: N}
   params: {...}                    the preset's parameters (defaults: --list)
 output_dir/round-N/ holds data.jsonl (a dataset `alignkit train` reads), provenance.json, train/ and eval.json;
 output_dir/summary.md the table of every round. Run the same command again to resume a stopped loop.

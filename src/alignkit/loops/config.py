@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from alignkit.loops.rounds import Sampling
 from alignkit.train.config import ConfigError, read_recipe
 
-EVAL_KINDS = ("checks", "honesty", "directions", "none")
+EVAL_KINDS = ("checks", "honesty", "directions", "length", "none")
 
 
 @dataclass
@@ -36,8 +36,8 @@ class TrainPart:
 
 @dataclass
 class EvalPart:
-    kind: str | None = None  # checks | honesty | directions | none; default: honesty for `honesty`, else checks
-    data: str | None = None  # held-out rows (default: builtin:demo/heldout.jsonl, builtin:honesty/heldout.jsonl)
+    kind: str | None = None  # checks | honesty | directions | length | none; default: the preset's (evaluate.py)
+    data: str | None = None  # held-out rows (default: evaluate.DEFAULT_DATA of the kind)
     limit: int | None = None  # the first N held-out rows only
     max_new_tokens: int = 96
     angles: list[float] = field(default_factory=lambda: [0.0, 22.5, 45.0, 67.5, 90.0])  # directions only

@@ -7,6 +7,10 @@
 * `directions` — DPA's arithmetic control: for each angle θ of `eval.angles` the held-out prompts with the
   direction (cos θ, sin θ) in the system prompt, the mean greedy answer length in words, and the Spearman
   correlation between angle and length (Wang et al., arXiv 2402.18571, Fig. 1);
+* `length` — greedy answers to held-out prompts that each state one required length (default: 20 shipped
+  tasks), scored by the LongBench-Write length score S_l (Chen et al., arXiv 2410.10210; `long_output`): the
+  mean S_l, how many reach the curation threshold `params.min_score` (80), the mean ratio of produced to
+  required length;
 * `none`.
 Each result is written once (`eval.json` in the round's folder) and read back on resume.
 """
@@ -26,15 +30,18 @@ from alignkit.decode.sampling import draw_samples
 from alignkit.eval.honesty import greedy_answers, result_of
 from alignkit.eval.instructions import PASSED_SUBSTANTIVE, SUBSTANTIVE, TOTAL, evaluate_instructions, load_heldout
 from alignkit.loops.config import LoopConfig
+from alignkit.loops.long_output import DEFAULTS as LENGTH_DEFAULTS
+from alignkit.loops.long_output import length_score, produced_length, stage_one
 from alignkit.models.loading import ensure_loaded
 from alignkit.models.verifiers import read_questions, words
 
 DEFAULT_DATA = {"checks": "builtin:demo/heldout.jsonl", "honesty": "builtin:honesty/heldout.jsonl",
-                "directions": "builtin:demo/heldout.jsonl"}
+                "directions": "builtin:demo/heldout.jsonl", "length": "builtin:long_output/heldout.jsonl"}
+PRESET_KINDS = {"honesty": "honesty", "long_output": "length"}  # a preset's evaluation when eval.kind is unset
 
 
 def eval_kind(config: LoopConfig) -> str:
-    return config.eval.kind or ("honesty" if config.preset == "honesty" else "checks")
+    return config.eval.kind or PRESET_KINDS.get(config.preset, "checks")
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
@@ -90,6 +97,20 @@ def _directions(config: LoopConfig, loaded, data: str) -> dict:
             "spearman": spearman(list(config.eval.angles), lengths)}
 
 
+def _length(config: LoopConfig, loaded, data: str) -> dict:
+    asked = stage_one(load_records(data)[:config.eval.limit])
+    if not asked:
+        raise ValueError(f"eval.data {data}: no prompt states exactly one required length (\"N words\")")
+    answers, _, _ = draw_samples(loaded.model, loaded.tokenizer, [prompt for prompt, _ in asked], n=1,
+                                 temperature=0, max_new_tokens=config.eval.max_new_tokens, batch_size=16)
+    produced = [produced_length(texts[0]) for texts in answers]
+    scores = [length_score(x, y) for (_, x), y in zip(asked, produced)]
+    threshold = {**LENGTH_DEFAULTS, **config.params}["min_score"]
+    return {"mean_length_score": sum(scores) / len(scores),
+            "length_score_at_least_threshold": [sum(score >= threshold for score in scores), len(scores)],
+            "mean_produced_over_required": sum(y / x for (_, x), y in zip(asked, produced)) / len(asked)}
+
+
 def evaluate_round(config: LoopConfig, model: str, path: Path) -> dict:
     """`model`'s evaluation (module docstring), computed once and kept in `path`."""
     kind = eval_kind(config)
@@ -103,6 +124,8 @@ def evaluate_round(config: LoopConfig, model: str, path: Path) -> dict:
         result = _checks(config, loaded, data)
     elif kind == "honesty":
         result = _honesty(config, loaded, data, Path(config.output_dir) / "honesty-reference-answers.json")
+    elif kind == "length":
+        result = _length(config, loaded, data)
     else:
         result = _directions(config, loaded, data)
     write_json({"kind": kind, "model": model, **result}, path)
