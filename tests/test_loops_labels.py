@@ -45,16 +45,35 @@ def test_spa_labels_and_confidences_equal_the_implicit_reward_by_hand():
     assert huge.p == 1.0 and implicit_judgment(0.0, 0.0, 0.0, -1e4, beta=1.0).p == 0.0
 
 
+def scores_of(ranking_best_first: list[int]) -> list[float]:
+    """Distinct scores that rank the items as given (best first)."""
+    return [-float(ranking_best_first.index(item)) for item in range(len(ranking_best_first))]
+
+
 def test_cycleAlign_agreement_is_the_longest_common_subsequence_of_the_rankings():
     assert ranking([0.2, 0.9, 0.5, 0.9]) == [1, 3, 2, 0]  # ties: the earlier index first
-    assert agreement([0, 1, 2, 3], [0, 1, 2, 3]) == [0, 1, 2, 3]
-    assert agreement([0, 1, 2, 3], [3, 2, 1, 0]) == [0]  # reversed: any single item; the first in `first`
+    assert scores_of([2, 0, 1]) == [-1.0, -2.0, -0.0]
+    assert agreement([0, 1, 2, 3], scores_of([0, 1, 2, 3])) == [0, 1, 2, 3]
+    assert agreement([0, 1, 2, 3], scores_of([3, 2, 1, 0])) == [0]  # reversed: any single item; the first
     # [2, 0, 1, 3] vs [0, 2, 1, 3]: common orderings of length 3 are (2, 1, 3) and (0, 1, 3)
-    assert agreement([2, 0, 1, 3], [0, 2, 1, 3]) in ([2, 1, 3], [0, 1, 3])
-    assert agreement([1, 0, 3, 2, 4], [0, 1, 2, 3, 4]) in ([1, 3, 4], [1, 2, 4], [0, 3, 4], [0, 2, 4])
-    assert len(agreement([1, 0, 3, 2, 4], [0, 1, 2, 3, 4])) == 3
+    assert agreement([2, 0, 1, 3], scores_of([0, 2, 1, 3])) in ([2, 1, 3], [0, 1, 3])
+    assert agreement([1, 0, 3, 2, 4], scores_of([0, 1, 2, 3, 4])) in ([1, 3, 4], [1, 2, 4], [0, 3, 4], [0, 2, 4])
+    assert len(agreement([1, 0, 3, 2, 4], scores_of([0, 1, 2, 3, 4]))) == 3
     with pytest.raises(ValueError):
-        agreement([0, 1], [0, 2])
+        agreement([0, 2], [1.0, 0.0])
+
+
+def test_cycleAlign_agreement_counts_a_tie_as_agreeing_with_either_order():
+    # a 0/1 ranker (items 1 and 3 pass): likelihood 3 > 1 > 0 > 2 contradicts it nowhere, all four agree
+    assert agreement([3, 1, 0, 2], [0.0, 1.0, 0.0, 1.0]) == [3, 1, 0, 2]
+    # likelihood 0 > 1 > 2 > 3 while the ranker puts 2 and 3 above 0 and 1: two items at most, (0, 1) or (2, 3)
+    assert agreement([0, 1, 2, 3], [0.0, 0.0, 1.0, 1.0]) == [0, 1]  # the first found
+    # likelihood 2 > 0 > 3 > 1 (ranker scores along it: 1, 0, 1, 0): three items, e.g. 2 > 0 > 1 (1, 0, 0)
+    assert agreement([2, 0, 3, 1], [0.0, 0.0, 1.0, 1.0]) == [2, 0, 1]
+    # items 0 and 1 pass, likelihood 1 > 0 > 2: all three agree; ordering the tie by index (0 before 1, as
+    # `ranking` does) would have made it a disagreement and cut the run to two
+    assert agreement([1, 0, 2], [1.0, 1.0, 0.0]) == [1, 0, 2]
+    assert len(agreement([1, 0, 2], scores_of(ranking([1.0, 1.0, 0.0])))) == 2
 
 
 def test_spearman_by_hand():
@@ -97,3 +116,30 @@ def test_spa_rows_label_each_pair_by_the_implicit_reward(monkeypatch):
     sigma = [1 / (1 + math.exp(-1.0)), 1 / (1 + math.exp(-0.5))]
     assert [r["confidence"] for r in rows] == pytest.approx(sigma)
     assert [r["label_smoothing"] for r in rows] == pytest.approx([1 - c for c in sigma])
+
+
+def test_cyclealign_rows_keep_the_agreed_head_and_skip_prompts_the_ranker_cannot_tell_apart(monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+
+    from alignkit.loops import presets
+
+    samples = {"A": ["a1", "a2", "a3"], "B": ["b1", "b2"], "C": ["c1", "c2"]}
+    likelihood = {"a1": -1.0, "a2": -2.0, "a3": -3.0, "b1": -1.0, "b2": -2.0, "c1": -1.0, "c2": -2.0}
+    ranker = {"a1": 1.0, "a2": 1.0, "a3": 0.0,   # a tie above a3: a1 > a2 > a3 agrees with it throughout
+              "b1": 0.0, "b2": 0.0,              # the ranker tells b1 and b2 apart in no way: skipped
+              "c1": 0.0, "c2": 1.0}              # the rankers disagree: one item agreed, fewer than 2
+    text = lambda completion: completion[-1]["content"]  # noqa: E731
+    monkeypatch.setattr(presets, "reward_from_spec", lambda spec: SimpleNamespace(
+        score=lambda prompts, completions: torch.tensor([ranker[text(c)] for c in completions])))
+    monkeypatch.setattr(presets, "_mean_and_sum", lambda model, prompts, texts: (
+        [likelihood[t] for t in texts], [likelihood[t] for t in texts]))
+    context = SimpleNamespace(
+        records=[SimpleNamespace(data={"prompt": name}) for name in samples], model=None,
+        params={"ranker": "any", "agreed": 2},
+        sample=lambda prompts: [samples[p[-1]["content"]] for p in prompts])
+    rows = presets.cyclealign_rows(context)
+    assert [row["prompt"][-1]["content"] for row in rows] == ["A"]
+    assert [text(c) for c in rows[0]["completions"]] == ["a1", "a2"]
+    assert rows[0]["ranker_scores"] == [1.0, 1.0, 0.0]

@@ -66,24 +66,24 @@ def ranking(scores: Sequence[float]) -> list[int]:
     return sorted(range(len(scores)), key=lambda i: (-scores[i], i))
 
 
-def agreement(first: Sequence[int], second: Sequence[int]) -> list[int]:
-    """The longest common subsequence of two rankings of the same items (best first): the items in an order
-    both rankings agree on; among equally long ones, the one dynamic programming finds first in `first`."""
-    if sorted(first) != sorted(second):
-        raise ValueError(f"the rankings must order the same items, got {list(first)} and {list(second)}")
-    n = len(first)
-    position = {item: i for i, item in enumerate(second)}
-    mapped = [position[item] for item in first]
-    # longest increasing subsequence of `mapped` (positions in `second`) by O(n²) dynamic programming
+def agreement(order: Sequence[int], scores: Sequence[float]) -> list[int]:
+    """The longest subsequence of `order` (one ranker's ranking of items 0..n-1, best first) along which the
+    other ranker's `scores` (one per item) never rise: the items in an order both rankers agree on. A tie in
+    `scores` agrees with either order; with distinct scores this is the longest common subsequence of the two
+    rankings. Among equally long ones, the one that dynamic programming finds first in `order`."""
+    if sorted(order) != list(range(len(scores))):
+        raise ValueError(f"the ranking must order the {len(scores)} scored items, got {list(order)}")
+    n = len(order)
+    # longest non-increasing subsequence of the scores taken in `order`, by O(n²) dynamic programming
     best = [1] * n
     previous = [-1] * n
     for i in range(n):
         for j in range(i):
-            if mapped[j] < mapped[i] and best[j] + 1 > best[i]:
+            if scores[order[j]] >= scores[order[i]] and best[j] + 1 > best[i]:
                 best[i], previous[i] = best[j] + 1, j
     end = max(range(n), key=lambda i: (best[i], -i)) if n else -1
     chain = []
     while end != -1:
-        chain.append(first[end])
+        chain.append(order[end])
         end = previous[end]
     return chain[::-1]

@@ -137,9 +137,11 @@ def _check_spa(params: Mapping[str, Any]) -> None:
 
 def cyclealign_rows(context: RoundContext) -> list[dict]:
     """K samples per prompt ranked twice — by the current model's mean token log-prob and by `ranker` (a reward
-    spec: a judge model or a verifier) — and their agreement (the longest common subsequence, best first): its
-    first `agreed` completions are a ranked row where it holds at least that many (ranked rows all have the
-    same length)."""
+    spec: a judge model or a verifier) — and their agreement (`labels.agreement`: the longest run of the
+    likelihood ranking that the ranker's scores never contradict, a tie contradicting neither order): its first
+    `agreed` completions are a ranked row where it holds at least that many (ranked rows all have the same
+    length). A prompt whose distinct samples all get the same ranker score is skipped: that ranker agrees with
+    any order, so the row would be the model's own likelihood ranking alone."""
     params = context.params
     ranker = reward_from_spec(params["ranker"])
     prompts = _prompts(context)
@@ -152,10 +154,12 @@ def cyclealign_rows(context: RoundContext) -> list[dict]:
         completions = [as_completion(prompt, text) for text in distinct]
         likelihood, _ = _mean_and_sum(context.model, [prompt] * len(distinct), distinct)
         scores = ranker.score([prompt] * len(distinct), completions).tolist()
-        agreed = agreement(ranking(likelihood), ranking(scores))
+        if len(set(scores)) == 1:
+            continue
+        agreed = agreement(ranking(likelihood), scores)
         if len(agreed) >= params["agreed"]:
             rows.append({"prompt": prompt, "completions": [completions[i] for i in agreed[:params["agreed"]]],
-                         "likelihood_ranking": ranking(likelihood), "ranker_ranking": ranking(scores)})
+                         "likelihood_ranking": ranking(likelihood), "ranker_scores": scores})
     return rows
 
 
