@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from alignkit.loops import isheep
-from alignkit.loops.isheep import (DEFAULTS, check_params, dedupe, ill_formed, isheep_rows, keep, load_prompt,
-                                   load_seeds, meta_prompt, parse_generated, parse_score, passes_rules, rouge_l,
-                                   rouge_tokens)
+from alignkit.loops.isheep import (DEFAULTS, SCORED_FILE, check_params, dedupe, ill_formed, isheep_rows, keep,
+                                   load_prompt, load_seeds, meta_prompt, parse_generated, parse_score, passes_rules,
+                                   rouge_l, rouge_tokens)
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ROOT / "src" / "alignkit" / "loops" / "isheep_prompts"
@@ -254,6 +254,7 @@ class StubContext:
     """The attributes of RoundContext; `sample` answers from canned texts by the kind of prompt."""
 
     params: dict
+    folder: Path
     round: int = 1
     seed: int = 3
     records: list = field(default_factory=list)
@@ -278,7 +279,7 @@ def _context(tmp_path: Path, **params: Any) -> StubContext:
     path = tmp_path / "seeds.jsonl"
     path.write_text("".join(json.dumps({"instruction": s}) + "\n" for s in SEEDS))
     return StubContext(params={"seed_tasks": str(path), "seed_tasks_per_prompt": 2, "meta_prompts": 2,
-                               "instructions": 10, **params})
+                               "instructions": 10, **params}, folder=tmp_path / "round-1")
 
 
 def test_labeller_on_a_stub_context(tmp_path):
@@ -319,5 +320,9 @@ def test_labeller_caps_the_instructions_and_can_skip_the_rule_filter(tmp_path):
     assert [r["instruction"] for r in rows] == ["Name three primary colors used in painting."]
 
 
-def test_labeller_returns_nothing_when_nothing_passes(tmp_path):
+def test_labeller_returns_nothing_when_nothing_passes_and_keeps_every_scored_answer(tmp_path):
     assert isheep_rows(_context(tmp_path, score_threshold=10)) == []
+    scored = [json.loads(line) for line in (tmp_path / "round-1" / SCORED_FILE).read_text().splitlines()]
+    assert [(r["instruction"], r["scores"]) for r in scored] == [  # paperclip: no parseable quality score
+        ("Name three primary colors used in painting.", [9.0, 9.0]),
+        ("Rewrite this sentence to sound more formal.", [10.0, 8.0])]

@@ -51,11 +51,13 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from alignkit.data import load_records
+from alignkit.data.writing import write_jsonl
 
 if TYPE_CHECKING:
     from alignkit.loops.rounds import RoundContext
 
 LOG = logging.getLogger(__name__)
+SCORED_FILE = "isheep-scored.jsonl"
 BLACKLIST = ("image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps", "draw",
              "plot", "go to", "video", "audio", "music", "flowchart", "diagram")  # generate_instruction.py
 SHIPPED_SEEDS = ("general", "cooking")
@@ -327,7 +329,8 @@ def isheep_rows(context: RoundContext) -> list[dict]:
     """One I-SHEEP round: self-instruct, answer, rule filter, self-assess and keep (see the module docstring).
 
     Returns SFT rows `{"prompt", "completion", "scores": [quality, following], "source": "isheep",
-    "instruction", "input", "round"}`. The list is empty when no row passes."""
+    "instruction", "input", "round"}`. The list is empty when no row passes. Every answer that got both scores,
+    kept or not, is written to `SCORED_FILE` in the round's folder."""
     p = {**DEFAULTS, **context.params}
     check_params(p)
     tasks = _self_instruct(context, p, load_seeds(p["seed_tasks"]))
@@ -340,10 +343,11 @@ def isheep_rows(context: RoundContext) -> list[dict]:
     kept_by_rules = len(rows)
     rows = _assess(context, p, _assess(context, p, rows, "quality"), "following")
     scored = [{**row, "scores": [row["quality"], row["following"]]} for row in rows]
+    write_jsonl(scored, context.folder / SCORED_FILE, overwrite=True)  # kept or not: to judge the threshold by
     kept = [{"prompt": f"{r['instruction']}\n{r['input']}" if r["input"] else r["instruction"],
              "completion": r["output"].strip(), "scores": r["scores"], "source": "isheep",
              "instruction": r["instruction"], "input": r["input"], "round": context.round}
             for r in keep(scored, p["score_threshold"]) if r["output"].strip()]
-    LOG.info("answers: %d of %d past the rule filter, %d scored twice, %d kept (both scores > %s)",
-             kept_by_rules, len(tasks), len(scored), len(kept), p["score_threshold"])
+    LOG.info("answers: %d of %d past the rule filter, %d scored twice (in %s), %d kept (both scores > %s)",
+             kept_by_rules, len(tasks), len(scored), context.folder / SCORED_FILE, len(kept), p["score_threshold"])
     return kept
