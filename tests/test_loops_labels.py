@@ -133,8 +133,9 @@ def test_cyclealign_rows_keep_the_agreed_head_and_skip_prompts_the_ranker_cannot
     text = lambda completion: completion[-1]["content"]  # noqa: E731
     monkeypatch.setattr(presets, "reward_from_spec", lambda spec: SimpleNamespace(
         score=lambda prompts, completions: torch.tensor([ranker[text(c)] for c in completions])))
+    scored_by_the_model = []
     monkeypatch.setattr(presets, "_mean_and_sum", lambda model, prompts, texts: (
-        [likelihood[t] for t in texts], [likelihood[t] for t in texts]))
+        scored_by_the_model.append(texts) or [likelihood[t] for t in texts], [likelihood[t] for t in texts]))
     context = SimpleNamespace(
         records=[SimpleNamespace(data={"prompt": name}) for name in samples], model=None,
         params={"ranker": "any", "agreed": 2},
@@ -143,3 +144,4 @@ def test_cyclealign_rows_keep_the_agreed_head_and_skip_prompts_the_ranker_cannot
     assert [row["prompt"][-1]["content"] for row in rows] == ["A"]
     assert [text(c) for c in rows[0]["completions"]] == ["a1", "a2"]
     assert rows[0]["ranker_scores"] == [1.0, 1.0, 0.0]
+    assert scored_by_the_model == [samples["A"], samples["C"]]  # no likelihood forward for the skipped B

@@ -343,11 +343,11 @@ def isheep_rows(context: RoundContext) -> list[dict]:
     kept_by_rules = len(rows)
     rows = _assess(context, p, _assess(context, p, rows, "quality"), "following")
     scored = [{**row, "scores": [row["quality"], row["following"]]} for row in rows]
-    write_jsonl(scored, context.folder / SCORED_FILE, overwrite=True)  # kept or not: to judge the threshold by
+    scored_path = write_jsonl(scored, context.folder / SCORED_FILE, overwrite=True)  # to judge the threshold by
     kept = [{"prompt": f"{r['instruction']}\n{r['input']}" if r["input"] else r["instruction"],
              "completion": r["output"].strip(), "scores": r["scores"], "source": "isheep",
              "instruction": r["instruction"], "input": r["input"], "round": context.round}
             for r in keep(scored, p["score_threshold"]) if r["output"].strip()]
     LOG.info("answers: %d of %d past the rule filter, %d scored twice (in %s), %d kept (both scores > %s)",
-             kept_by_rules, len(tasks), len(scored), context.folder / SCORED_FILE, len(kept), p["score_threshold"])
+             kept_by_rules, len(tasks), len(scored), scored_path, len(kept), p["score_threshold"])
     return kept

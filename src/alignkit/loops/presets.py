@@ -152,14 +152,15 @@ def cyclealign_rows(context: RoundContext) -> list[dict]:
         if len(distinct) < params["agreed"]:
             continue
         completions = [as_completion(prompt, text) for text in distinct]
-        likelihood, _ = _mean_and_sum(context.model, [prompt] * len(distinct), distinct)
         scores = ranker.score([prompt] * len(distinct), completions).tolist()
-        if len(set(scores)) == 1:
+        if len(set(scores)) == 1:  # decided before the likelihood forward, which it would make useless
             continue
-        agreed = agreement(ranking(likelihood), scores)
+        likelihood, _ = _mean_and_sum(context.model, [prompt] * len(distinct), distinct)
+        order = ranking(likelihood)
+        agreed = agreement(order, scores)
         if len(agreed) >= params["agreed"]:
             rows.append({"prompt": prompt, "completions": [completions[i] for i in agreed[:params["agreed"]]],
-                         "likelihood_ranking": ranking(likelihood), "ranker_scores": scores})
+                         "likelihood_ranking": order, "ranker_scores": scores})
     return rows
 
 
